@@ -1,0 +1,75 @@
+"""Model construction, the trainable/frozen partition and layer ids for layer decay."""
+from flax import nnx
+
+from ca2st_jax.models.fused import CAST
+
+NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
+EXPERTS = ('spatial', 'temporal', 'audio')
+# The parts of the experts that the reference trains; the rest of every expert is frozen.
+TRAINED_EXPERT_PARTS = {('spatial', 'ln_post'), ('temporal', 'fc_norm')}
+
+
+def check_config(cfg):
+  """Raises ValueError naming the config.model field that is wrong."""
+  def fail(field, why):
+    raise ValueError(f'config.model.{field}={cfg.get(field)!r}: {why}')
+
+  if cfg.name not in NAMES:
+    fail('name', f'unknown model, expected one of {NAMES}')
+  if cfg.dtype not in ('float32', 'bfloat16'):
+    fail('dtype', "expected 'float32' or 'bfloat16'")
+  for field in ('width', 'depth', 'num_heads', 'mlp_dim', 'adapter_dim', 'bottleneck_dim'):
+    if int(cfg[field]) <= 0:
+      fail(field, 'must be positive')
+  if cfg.width % cfg.num_heads:
+    fail('num_heads', f'width {cfg.width} is not divisible by it')
+  if cfg.bottleneck_dim % cfg.num_heads:
+    fail('bottleneck_dim', f'not divisible by num_heads {cfg.num_heads}')
+  if cfg.image_size % cfg.patch_size:
+    fail('image_size', f'not divisible by patch_size {cfg.patch_size}')
+  if cfg.num_frames % cfg.tubelet_size:
+    fail('num_frames', f'not divisible by tubelet_size {cfg.tubelet_size}')
+  if cfg.tubelet_size != 2:
+    fail('tubelet_size', 'CLIP frame k pairs with tubelet slot k only for tubelets of 2 frames')
+  if not 0 <= cfg.drop_path < 1:
+    fail('drop_path', 'must be in [0, 1)')
+  if cfg.name in ('cava', 'ca2st'):
+    if cfg.spectrogram_length < cfg.audio_patch_size:
+      fail('spectrogram_length', f'shorter than audio_patch_size {cfg.audio_patch_size}')
+    if cfg.num_mel_bins < cfg.audio_patch_size:
+      fail('num_mel_bins', f'smaller than audio_patch_size {cfg.audio_patch_size}')
+
+
+def build(cfg, *, rngs: nnx.Rngs):
+  """The model named by config.model.name, freshly initialised (SPEC §7)."""
+  check_config(cfg)
+  if cfg.name in ('cast', 'cast_compositional'):
+    return CAST(cfg, rngs=rngs)
+  from ca2st_jax.models.fused import CAVA, CA2ST
+  return {'cava': CAVA, 'ca2st': CA2ST}[cfg.name](cfg, rngs=rngs)
+
+
+def is_trainable(path) -> bool:
+  """True for the parameters the reference trains: everything outside the experts, plus
+  CLIP's ln_post and VideoMAE's fc_norm."""
+  path = tuple(str(p) for p in path)
+  if path[0] not in EXPERTS:
+    return True
+  return path[:2] in TRAINED_EXPERT_PARTS
+
+
+TRAINABLE = nnx.All(nnx.Param, lambda path, _: is_trainable(path))
+FROZEN = nnx.All(nnx.Param, nnx.Not(lambda path, _: is_trainable(path)))
+
+
+def layer_id(path, depth: int) -> int:
+  """Layer index for layer decay, as the reference's get_layer_id_for_vit: 0 for the stems,
+  i + 1 for anything of block i (adapters and B-CA included), depth + 1 for the rest."""
+  path = tuple(str(p) for p in path)
+  for container in ('layers', 'blocks'):
+    if container in path:
+      return int(path[path.index(container) + 1]) + 1
+  if path[0] in EXPERTS and path[1] in ('patch_embed', 'class_embedding', 'positional_embedding',
+                                        'cls_token', 'dist_token', 'pos_embed'):
+    return 0
+  return depth + 1

@@ -1,0 +1,43 @@
+"""Shared pieces of the configs in configs/: the model section and the :tiny variant."""
+import ml_collections
+
+VARIANTS = ('', 'tiny')
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """ViT-B/16 experts with the reference's defaults (SPEC §3–§7)."""
+  model = ml_collections.ConfigDict(dict(
+      name=name,
+      width=768, depth=12, num_heads=12, mlp_dim=3072,
+      adapter_dim=192,          # in-block, MLP and last adapters: width / 4
+      bottleneck_dim=384,       # B-CA width: width / down_ratio 2
+      image_size=224, patch_size=16, num_frames=16, tubelet_size=2,
+      num_mel_bins=128, spectrogram_length=1024, audio_patch_size=16, audio_patch_stride=10,
+      num_classes=400, num_verbs=97, num_nouns=300,
+      drop_path=0.2, head_dropout=0.0,
+      dtype='bfloat16',
+      # CAVA / CA²ST exchange switches (SPEC §6), reference defaults.
+      audio_exchange_start=9,   # CA: first layer with the audio pairs (0 = all layers)
+      exchange_method='seq',    # 'seq': S&T, then A&S, then A&T; 'add': their mean
+      share_exchange_projections=True,  # bcast_share: A&S/A&T reuse S&T down/up projections
+      time_encoding=True,       # [start, end] time MLP added inside the audio cross-attention
+      split_time_mlp=True,      # separate time MLPs for audio and video tokens
+  ))
+  model.update(overrides)
+  return model
+
+
+def tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same model at CPU-test size: width 32, 2 layers, 32x32 frames, 8 frames."""
+  model.update(dict(
+      width=32, depth=2, num_heads=2, mlp_dim=64, adapter_dim=8, bottleneck_dim=16,
+      image_size=32, patch_size=16, num_frames=8, num_mel_bins=32, spectrogram_length=64,
+      dtype='float32'))
+  return model
+
+
+def parse_variant(arg) -> str:
+  variant = (arg or '').strip()
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown config variant {variant!r}; expected one of {VARIANTS[1:]} or none')
+  return variant

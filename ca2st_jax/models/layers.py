@@ -1,0 +1,117 @@
+"""Building blocks shared by the three experts and the exchange modules.
+
+Parameters are always float32; `dtype` is the compute dtype (float32 or bfloat16).
+LayerNorm statistics are reduced in float32 whatever the compute dtype, as the reference's
+fp16-safe LayerNorm does.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
+ZEROS = nnx.initializers.zeros
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def gelu(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+def dense(in_dim, out_dim, *, dtype, rngs, use_bias=True, zero=False):
+  """A Linear as the reference initialises it: trunc-normal(0.02) weight, zero bias."""
+  return nnx.Linear(
+      in_dim, out_dim, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=ZEROS if zero else TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
+
+
+def layer_norm(dim, *, eps, dtype, rngs):
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                       use_fast_variance=False, rngs=rngs)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: zeroes whole slices along `sample_axis` and rescales the rest.
+
+  The reference drops along the first axis of whatever layout the tensor has at that point
+  (per sample for [B, N, D] tensors, per token position for CLIP's [N, B, D] tensors), so the
+  axis is explicit here.
+  """
+
+  def __init__(self, rate: float, sample_axis: int, *, rngs: nnx.Rngs):
+    self.rate = rate
+    self.sample_axis = sample_axis
+    self.dropout = nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
+
+  def __call__(self, x, *, deterministic: bool):
+    if self.dropout is None:
+      return x
+    self.dropout.broadcast_dims = tuple(a for a in range(x.ndim) if a != self.sample_axis % x.ndim)
+    return self.dropout(x, deterministic=deterministic)
+
+
+class Adapter(nnx.Module):
+  """fc2(act(fc1(x))), plus x when `skip`. fc2 starts at zero so the adapter starts silent."""
+
+  def __init__(self, dim, hidden_dim, *, skip: bool, act=gelu, dtype, rngs: nnx.Rngs):
+    self.skip = skip
+    self.act = act
+    self.fc1 = dense(dim, hidden_dim, dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden_dim, dim, dtype=dtype, rngs=rngs, zero=True)
+
+  def __call__(self, x):
+    y = self.fc2(self.act(self.fc1(x)))
+    return x + y if self.skip else y
+
+
+class Mlp(nnx.Module):
+  def __init__(self, dim, hidden_dim, *, act, dtype, rngs: nnx.Rngs):
+    self.act = act
+    self.fc1 = dense(dim, hidden_dim, dtype=dtype, rngs=rngs)
+    self.fc2 = dense(hidden_dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused q|k|v projection.
+
+  `bias='qkv'`: one bias over q|k|v (CLIP, AST). `bias='qv'`: VideoMAE's separate q and v
+  biases with the k bias fixed at zero.
+  """
+
+  def __init__(self, dim, num_heads, *, bias: str, dtype, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f'width {dim} is not divisible by num_heads {num_heads}')
+    self.num_heads = num_heads
+    self.bias = bias
+    self.qkv = dense(dim, 3 * dim, use_bias=bias == 'qkv', dtype=dtype, rngs=rngs)
+    if bias == 'qv':
+      self.q_bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+      self.v_bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+    self.out = dense(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    qkv = self.qkv(x)
+    if self.bias == 'qv':
+      zeros = jnp.zeros_like(self.q_bias[...])
+      qkv = qkv + jnp.concatenate([self.q_bias[...], zeros, self.v_bias[...]]).astype(qkv.dtype)
+    q, k, v = jnp.split(qkv.reshape(*x.shape[:-1], 3 * self.num_heads, -1), 3, axis=-2)
+    y = jax.nn.dot_product_attention(q, k, v)
+    return self.out(y.reshape(x.shape))
+
+
+@functools.lru_cache(maxsize=None)
+def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
+  """VideoMAE's fixed table: angle = pos / 10000^(2*floor(j/2)/dim); sin on even j, cos on odd j."""
+  position = np.arange(num_positions, dtype=np.float64)[:, None]
+  exponent = 2 * (np.arange(dim) // 2) / dim
+  angle = position / np.power(10000, exponent)[None, :]
+  table = np.where(np.arange(dim) % 2 == 0, np.sin(angle), np.cos(angle))
+  return table.astype(np.float32)
