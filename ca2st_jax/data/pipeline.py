@@ -1,0 +1,348 @@
+"""Grain input pipelines: ArrayRecord (TFDS) → decode/sample/augment → per-host numpy batches.
+
+Train: `MapDataset(source) → shuffle(seed) → repeat → [host::hosts] → random_map(clip) →
+batch(per-host, drop_remainder) → to_iter_dataset → mp_prefetch(workers)`. Each element's
+randomness comes from Grain's per-index generator (seeded by `config.data.seed`), so a run is
+reproducible and the iterator's `get_state()`/`set_state()` resumes at the next unseen batch.
+Eval: every (video, clip, crop) view, deterministic, padded to whole batches on every host
+(`mask` False on padding), with `video_index` to average the views of one video.
+
+Batch layout (CONTRACTS.md):
+  video        uint8   [B, F, H, W, 3]  RGB, not normalised (normalize_video runs on device)
+  audio        float32 [B, T, M]        normalised Kaldi fbank (audio datasets only)
+  audio_times  float32 [B, 1 + F // tubelet, 2]
+  has_audio    bool    [B]
+  label | verb, noun   int32 [B]
+  video_index  int32 [B], mask bool [B]   (eval only)
+
+`audio_times` (confirmed from joohyun7u/CA2ST `dataset/vggsound.py` + `audio_transforms.py` and
+the model's `idx.reshape(B, -1, 2)`): the dataset returns `concat([a_start, a_end],
+frame_seconds)`; row 0 = [start, end] seconds of the audio crop (`duration * start_frame /
+n_frames`, `duration * end_frame / n_frames`; with padding the end runs past the clip as in the
+reference), row 1 + k = [seconds of frame 2k, seconds of frame 2k + 1] (frame index / fps) —
+the two frames of temporal slot k. Times are relative to the start of the stored clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from typing import Any
+
+import grain
+import numpy as np
+
+from ca2st_jax.data import audio as audio_lib
+from ca2st_jax.data import decode, sampling, transforms
+
+LABEL_KEYS = ('label', 'verb', 'noun')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+  """Everything the per-clip functions need (picklable; built from the config)."""
+  num_frames: int = 16
+  tubelet: int = 2
+  sampling: str = 'dense'            # 'dense' (K400) | 'tsn' (SSv2, EK100)
+  frame_stride: int = 4
+  crop_size: int = 224
+  scale: tuple = (0.08, 1.0)
+  ratio: tuple = (3 / 4, 4 / 3)
+  flip: bool = True
+  randaugment: str = 'rand-m7-n4-mstd0.5-inc1'
+  interpolation: str = 'bicubic'
+  eval_short_side: int = 224
+  num_clips: int = 2
+  num_crops: int = 3
+  with_audio: bool = True
+  audio_rate: int = 16000
+  num_mel_bins: int = 128
+  spectrogram_length: int = 1024
+  spec_augment: bool = True
+  time_mask: int = 70
+  freq_mask: int = 20
+  labels: tuple = ('label',)
+
+
+def _frame_indices(n, opts: ClipOptions, rng=None, clip_index=0, num_clips=1):
+  if opts.sampling == 'dense':
+    if rng is not None:
+      return sampling.dense_train_indices(n, opts.num_frames, opts.frame_stride, rng)
+    return sampling.dense_eval_indices(n, opts.num_frames, opts.frame_stride, clip_index,
+                                       num_clips)
+  if opts.sampling == 'tsn':
+    if rng is not None:
+      return sampling.tsn_train_indices(n, opts.num_frames, rng)
+    return sampling.tsn_eval_indices(n, opts.num_frames, clip_index, num_clips)
+  raise ValueError(f'unknown sampling {opts.sampling!r}')
+
+
+def _load_frames(record, idx, size_hint=None):
+  """Decodes the sampled frames (each distinct JPEG once)."""
+  frames = record['frames']
+  idx = np.clip(idx, 0, len(frames) - 1)
+  uniq, inv = np.unique(idx, return_inverse=True)
+  imgs = decode.decode_jpegs([frames[i] for i in uniq], size_hint)
+  return [imgs[i] for i in inv.reshape(-1)]
+
+
+def _labels(record, opts):
+  return {k: np.int32(record[k]) for k in opts.labels}
+
+
+def _audio(record, opts, position, rng):
+  pcm = np.asarray(record['audio'])
+  spec, span = audio_lib.audio_features(
+      pcm, int(record['audio_rate']), target_rate=opts.audio_rate,
+      length=opts.spectrogram_length, num_mel_bins=opts.num_mel_bins, position=position,
+      rng=rng, spec_aug=opts.spec_augment and rng is not None, time_mask=opts.time_mask,
+      freq_mask=opts.freq_mask)
+  return spec, span, bool(record['has_audio']) and pcm.size > 0
+
+
+def _assemble(record, video, idx, opts, spec_span_has):
+  out = {'video': video, **_labels(record, opts)}
+  if opts.with_audio:
+    spec, span, has = spec_span_has
+    times = sampling.frame_times(idx, float(record['fps']) or 1.0)
+    out['audio'] = spec
+    out['audio_times'] = sampling.audio_times_rows(span, times, opts.tubelet)
+    out['has_audio'] = np.bool_(has)
+  return out
+
+
+def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dict:
+  """One stored example -> one augmented training clip (all randomness from `rng`)."""
+  n = len(record['frames'])
+  idx = _frame_indices(max(n, 1), opts, rng)
+  if n:
+    frames = _load_frames(record, idx)
+    video = transforms.train_frames(
+        frames, rng, crop_size=opts.crop_size, scale=opts.scale, ratio=opts.ratio,
+        flip=opts.flip, randaugment=opts.randaugment, interpolation=opts.interpolation)
+  else:  # audio-only example (EPIC-SOUNDS without video)
+    video = np.zeros((opts.num_frames, opts.crop_size, opts.crop_size, 3), np.uint8)
+  aud = _audio(record, opts, float(rng.random()), rng) if opts.with_audio else None
+  return _assemble(record, video, idx, opts, aud)
+
+
+def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
+              num_clips: int, num_crops: int) -> dict:
+  """One deterministic eval view (temporal clip `clip_index`, spatial crop `crop_index`)."""
+  n = len(record['frames'])
+  idx = _frame_indices(max(n, 1), opts, None, clip_index, num_clips)
+  if n:
+    frames = _load_frames(record, idx)
+    video = transforms.eval_frames(frames, short_side=opts.eval_short_side,
+                                   crop_index=crop_index, num_crops=num_crops)
+  else:
+    video = np.zeros((opts.num_frames, opts.eval_short_side, opts.eval_short_side, 3), np.uint8)
+  aud = _audio(record, opts, 0.5, None) if opts.with_audio else None
+  return _assemble(record, video, idx, opts, aud)
+
+
+# ----------------------------------------------------------------------------- sources
+
+def _cfg_get(cfg, key, default):
+  if cfg is None:
+    return default
+  try:
+    v = cfg.get(key, default)
+  except AttributeError:
+    v = getattr(cfg, key, default)
+  return default if v is None else v
+
+
+def dataset_dir(config) -> str:
+  """The prepared TFDS directory for config.data (building the synthetic set when asked)."""
+  d = config.data
+  if _cfg_get(d, 'dataset_dir', ''):
+    return d.dataset_dir
+  data_dir = _cfg_get(d, 'data_dir', '') or os.environ.get(
+      'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+  name = _cfg_get(d, 'name', 'synthetic_av')
+  if name == 'synthetic_av':
+    from ca2st_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    spec = synthetic.SyntheticSpec(**dict(_cfg_get(d, 'synthetic', {}) or {}))
+    return synthetic.prepare(os.path.join(data_dir, 'synthetic_av'), spec)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import builders  # pylint: disable=g-import-not-at-top,unused-import
+  cfg_name = _cfg_get(d, 'builder_config', '')
+  b = tfds.builder(f'{name}/{cfg_name}' if cfg_name else name, data_dir=data_dir)
+  return os.fspath(b.data_dir)
+
+
+def open_split(ds_dir: str, split: str):
+  """(random-access source of decoded examples, tfds DatasetInfo) of one split."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(ds_dir)
+  return builder.as_data_source(split=split), builder.info
+
+
+def clip_options(config, info=None) -> ClipOptions:
+  d, m = config.data, config.get('model', None)
+  labels = tuple(k for k in LABEL_KEYS if info is not None and k in info.features) or ('label',)
+  return ClipOptions(
+      num_frames=int(_cfg_get(m, 'num_frames', 16)),
+      tubelet=int(_cfg_get(m, 'tubelet_size', 2)),
+      sampling=_cfg_get(d, 'sampling', 'dense'),
+      frame_stride=int(_cfg_get(d, 'frame_stride', 4)),
+      crop_size=int(_cfg_get(d, 'crop_size', 0) or _cfg_get(m, 'image_size', 224)),
+      scale=tuple(_cfg_get(d, 'crop_scale', (0.08, 1.0))),
+      ratio=tuple(_cfg_get(d, 'crop_ratio', (3 / 4, 4 / 3))),
+      flip=bool(_cfg_get(d, 'flip', True)),
+      randaugment=_cfg_get(d, 'randaugment', 'rand-m7-n4-mstd0.5-inc1'),
+      interpolation=_cfg_get(d, 'interpolation', 'bicubic'),
+      eval_short_side=int(_cfg_get(d, 'eval_short_side', 0) or _cfg_get(m, 'image_size', 224)),
+      num_clips=int(_cfg_get(d, 'test_num_clips', 2)),
+      num_crops=int(_cfg_get(d, 'test_num_crops', 3)),
+      with_audio=bool(_cfg_get(d, 'audio', True)),
+      audio_rate=int(_cfg_get(d, 'audio_sample_rate', 16000)),
+      num_mel_bins=int(_cfg_get(m, 'num_mel_bins', 128)),
+      spectrogram_length=int(_cfg_get(m, 'spectrogram_length', 1024)),
+      spec_augment=bool(_cfg_get(d, 'spec_augment', True)),
+      time_mask=int(_cfg_get(d, 'time_mask', 70)),
+      freq_mask=int(_cfg_get(d, 'freq_mask', 20)),
+      labels=labels)
+
+
+def _host():
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.process_index(), jax.process_count()
+  except Exception:  # pylint: disable=broad-except
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+def _ensure_flags_parsed():
+  """Grain's worker processes read absl flags; programs without absl.app have not parsed them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _stack(elements):
+  return {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+
+
+def train_dataset(source, opts: ClipOptions, *, batch_size: int, seed: int = 0,
+                  num_workers: int = 0, host_index: int = 0, host_count: int = 1,
+                  prefetch: int = 2) -> grain.IterDataset:
+  """Infinite per-host training batches (`batch_size` per host)."""
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  ds = ds[host_index::host_count]
+  ds = ds.random_map(functools.partial(_train_map, opts=opts), seed=seed + 1)
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if num_workers > 0:
+    _ensure_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                     per_worker_buffer_size=prefetch))
+  return it
+
+
+def _train_map(record, rng, opts):
+  return train_clip(record, rng, opts)
+
+
+class _EvalViews:
+  """Random-access list of eval views, padded so every host gets the same number of batches."""
+
+  def __init__(self, source, opts, num_clips, num_crops, batch_size, host_count):
+    self.source, self.opts = source, opts
+    self.num_clips, self.num_crops = num_clips, num_crops
+    self.views = num_clips * num_crops
+    self.total = len(source) * self.views
+    per_round = batch_size * host_count
+    self.padded = max(math.ceil(self.total / per_round), 1) * per_round
+
+  def __len__(self):
+    return self.padded
+
+  def __getitem__(self, i):
+    i = int(i)
+    real = i < self.total
+    j = i if real else i % max(self.total, 1)
+    video, view = divmod(j, self.views)
+    clip, crop = divmod(view, self.num_crops)
+    out = eval_clip(self.source[video], clip, crop, self.opts, self.num_clips, self.num_crops)
+    out['video_index'] = np.int32(video)
+    out['mask'] = np.bool_(real)
+    return out
+
+
+def eval_dataset(source, opts: ClipOptions, *, batch_size: int, num_clips: int, num_crops: int,
+                 num_workers: int = 0, host_index: int = 0, host_count: int = 1):
+  """Finite per-host eval batches of every view; `mask` marks the real ones."""
+  views = _EvalViews(source, opts, num_clips, num_crops, batch_size, host_count)
+  ds = grain.MapDataset.source(views)[host_index::host_count]
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if num_workers > 0:
+    _ensure_flags_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return it
+
+
+# ----------------------------------------------------------------------------- trainer API
+
+class Source:
+  """What the trainer consumes (ca2st_jax.train.input): train_iterator(), eval_iterator()."""
+
+  def __init__(self, config):
+    self.config = config
+    d = config.data
+    self.dir = dataset_dir(config)
+    self.train_split = _cfg_get(d, 'train_split', 'train')
+    self.eval_split = _cfg_get(d, 'eval_split', 'test')
+    self._train_src, self.info = open_split(self.dir, self.train_split)
+    self.opts = clip_options(config, self.info)
+    self.num_train_examples = len(self._train_src)
+    self.host_index, self.host_count = _host()
+    global_batch = int(_cfg_get(d, 'batch_size', 0) or config.train.batch_size)
+    if global_batch % self.host_count:
+      raise ValueError(f'global batch {global_batch} not divisible by {self.host_count} hosts')
+    self.batch_size = global_batch // self.host_count
+    eval_global = int(_cfg_get(d, 'eval_batch_size', 0) or global_batch)
+    self.eval_batch_size = eval_global // self.host_count
+    self.num_workers = int(_cfg_get(d, 'num_workers', 0))
+    self.seed = int(_cfg_get(d, 'seed', 0))
+
+  def num_classes(self) -> dict[str, int]:
+    return {k: self.info.features[k].num_classes for k in self.opts.labels}
+
+  def train_iterator(self):
+    ds = train_dataset(self._train_src, self.opts, batch_size=self.batch_size, seed=self.seed,
+                       num_workers=self.num_workers, host_index=self.host_index,
+                       host_count=self.host_count,
+                       prefetch=int(_cfg_get(self.config.data, 'prefetch', 2)))
+    return iter(ds)
+
+  def eval_iterator(self, num_clips=None, num_crops=None):
+    src, _ = open_split(self.dir, self.eval_split)
+    ds = eval_dataset(src, self.opts, batch_size=self.eval_batch_size,
+                      num_clips=num_clips or self.opts.num_clips,
+                      num_crops=num_crops or self.opts.num_crops,
+                      num_workers=self.num_workers, host_index=self.host_index,
+                      host_count=self.host_count)
+    return iter(ds)
+
+
+def make_source(config) -> Source:
+  return Source(config)
+
+
+def default_config() -> dict[str, Any]:
+  """The config.data fields and their defaults (the recipe of SPEC §9 for K400)."""
+  return dict(
+      name='synthetic_av', data_dir='', dataset_dir='', builder_config='',
+      train_split='train', eval_split='test',
+      batch_size=0, eval_batch_size=0, num_workers=0, prefetch=2, seed=0,
+      sampling='dense', frame_stride=4, crop_size=0, crop_scale=(0.08, 1.0),
+      crop_ratio=(3 / 4, 4 / 3), flip=True, randaugment='rand-m7-n4-mstd0.5-inc1',
+      interpolation='bicubic', eval_short_side=0, test_num_clips=2, test_num_crops=3,
+      audio=True, audio_sample_rate=16000, spec_augment=True, time_mask=70, freq_mask=20)
