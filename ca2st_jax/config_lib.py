@@ -22,6 +22,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       share_exchange_projections=True,  # bcast_share: A&S/A&T reuse S&T down/up projections
       time_encoding=True,       # [start, end] time MLP added inside the audio cross-attention
       split_time_mlp=True,      # separate time MLPs for audio and video tokens
+      learned_positions=False,  # use_stpos: learned space/time positions in the audio exchanges
   ))
   model.update(overrides)
   return model

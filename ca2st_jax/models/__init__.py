@@ -1,7 +1,7 @@
 """Model construction, the trainable/frozen partition and layer ids for layer decay."""
 from flax import nnx
 
-from ca2st_jax.models.fused import CAST
+from ca2st_jax.models.fused import CA2ST, CAST, CAVA
 
 NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
 EXPERTS = ('spatial', 'temporal', 'audio')
@@ -43,10 +43,8 @@ def check_config(cfg):
 def build(cfg, *, rngs: nnx.Rngs):
   """The model named by config.model.name, freshly initialised (SPEC §7)."""
   check_config(cfg)
-  if cfg.name in ('cast', 'cast_compositional'):
-    return CAST(cfg, rngs=rngs)
-  from ca2st_jax.models.fused import CAVA, CA2ST
-  return {'cava': CAVA, 'ca2st': CA2ST}[cfg.name](cfg, rngs=rngs)
+  return {'cast': CAST, 'cast_compositional': CAST, 'cava': CAVA, 'ca2st': CA2ST}[cfg.name](
+      cfg, rngs=rngs)
 
 
 def is_trainable(path) -> bool:

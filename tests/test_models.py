@@ -1,0 +1,242 @@
+"""Model structure tests: zero-init, B-CA windows, the trainable set, jit, dtypes, drop path."""
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ca2st_jax import config_lib, models
+from ca2st_jax.models import bca
+
+REFERENCE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+BATCH = 2
+
+
+def tiny(name, **overrides):
+  cfg = config_lib.tiny(config_lib.model_config(name))
+  cfg.update(overrides)
+  return cfg
+
+
+def inputs(cfg, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 2)
+  video = jax.random.normal(keys[0], (BATCH, cfg.num_frames, cfg.image_size, cfg.image_size, 3))
+  audio = jax.random.normal(keys[1], (BATCH, cfg.spectrogram_length, cfg.num_mel_bins))
+  slots = cfg.num_frames // cfg.tubelet_size
+  starts = jnp.arange(slots + 1, dtype=jnp.float32) * 0.5
+  audio_times = jnp.broadcast_to(jnp.stack([starts, starts + 0.5], -1), (BATCH, slots + 1, 2))
+  return dict(video=video, audio=audio, audio_times=audio_times)
+
+
+def randomize(module, seed=1, scale=0.2):
+  """Gives every trainable parameter (zero-initialised ones included) a random value."""
+  state = nnx.state(module, models.TRAINABLE)
+  leaves, treedef = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  new = [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  nnx.update(module, jax.tree.unflatten(treedef, new))
+
+
+def count(state):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize('name', ['cast', 'cast_compositional', 'cava', 'ca2st'])
+def test_zero_init_experts_unchanged(name):
+  """At init, each expert's pooled feature inside the model equals the expert run alone."""
+  cfg = tiny(name, audio_exchange_start=0)
+  model = models.build(cfg, rngs=nnx.Rngs(0))
+  batch = inputs(cfg)
+  if name.startswith('cast'):
+    fused = model.features(batch['video'])
+    alone = (model.spatial(batch['video']), model.temporal(batch['video']))
+  elif name == 'cava':
+    fused = model.features(**batch)
+    alone = (model.audio(batch['audio']), model.spatial(batch['video']))
+  else:
+    fused = model.features(**batch)
+    alone = (model.spatial(batch['video']), model.temporal(batch['video']),
+             model.audio(batch['audio']))
+  for inside, outside in zip(fused, alone):
+    np.testing.assert_allclose(inside, outside, atol=1e-5, rtol=1e-5)
+  # Non-trivial only if the exchanges would change the features once trained.
+  randomize(model)
+  changed = model.features(**batch) if not name.startswith('cast') else model.features(batch['video'])
+  assert not np.allclose(changed[0], fused[0], atol=1e-3)
+
+
+def _space_time_exchange(seed=0):
+  cfg = tiny('cast')
+  exchange = bca.SpaceTimeExchange(cfg, dtype=jnp.float32, rngs=nnx.Rngs(seed))
+  randomize(exchange)
+  slots = cfg.num_frames // cfg.tubelet_size
+  patches = (cfg.image_size // cfg.patch_size) ** 2
+  keys = jax.random.split(jax.random.key(seed), 2)
+  spatial = jax.random.normal(keys[0], (BATCH * slots, 1 + patches, cfg.width))
+  temporal = jax.random.normal(keys[1], (BATCH, slots * patches, cfg.width))
+  return exchange, spatial, temporal, slots, patches
+
+
+def _changed(a, b):
+  return np.abs(np.asarray(a) - np.asarray(b)).max(axis=-1) > 1e-6
+
+
+def test_windows_temporal_perturbation():
+  exchange, spatial, temporal, slots, patches = _space_time_exchange()
+  base_s, base_t = exchange(spatial, temporal)
+  k, p = 2, 1  # temporal token of slot k at patch position p, batch 0
+  perturbed = temporal.at[0, k * patches + p].add(3.0)
+  new_s, new_t = exchange(spatial, perturbed)
+
+  # T2S: spatial tokens at position p change in every frame of sample 0, nothing else.
+  changed_s = _changed(new_s, base_s).reshape(BATCH, slots, 1 + patches)
+  expected_s = np.zeros_like(changed_s)
+  expected_s[0, :, 1 + p] = True
+  np.testing.assert_array_equal(changed_s, expected_s)
+  # S2T: only the perturbed token itself (as a query) changes among temporal updates.
+  changed_t = _changed(new_t, base_t)
+  expected_t = np.zeros_like(changed_t)
+  expected_t[0, k * patches + p] = True
+  np.testing.assert_array_equal(changed_t, expected_t)
+
+
+def test_windows_spatial_perturbation():
+  exchange, spatial, temporal, slots, patches = _space_time_exchange()
+  base_s, base_t = exchange(spatial, temporal)
+  f, p = 1, 2  # spatial patch p of frame f, sample 1
+  perturbed = spatial.at[1 * slots + f, 1 + p].add(3.0)
+  new_s, new_t = exchange(perturbed, temporal)
+  # T2S: only that spatial token (as a query) changes.
+  changed_s = _changed(new_s, base_s)
+  expected_s = np.zeros_like(changed_s)
+  expected_s[1 * slots + f, 1 + p] = True
+  np.testing.assert_array_equal(changed_s, expected_s)
+  # S2T: every temporal token of slot f of sample 1 changes, no other slot.
+  changed_t = _changed(new_t, base_t).reshape(BATCH, slots, patches)
+  expected_t = np.zeros_like(changed_t)
+  expected_t[1, f, :] = True
+  np.testing.assert_array_equal(changed_t, expected_t)
+
+
+def test_class_token_outside_attention():
+  exchange, spatial, temporal, slots, _ = _space_time_exchange()
+  base_s, base_t = exchange(spatial, temporal)
+  # The class token takes no part in T2S or S2T: perturbing temporal tokens leaves its update alone...
+  new_s, _ = exchange(spatial, temporal + 1.0)
+  np.testing.assert_array_equal(new_s[:, 0], base_s[:, 0])
+  # ...its update is up(GELU(LN(down(cls)))) ...
+  low = exchange.spatial_norm(exchange.spatial_down(spatial[:, :1]))
+  np.testing.assert_allclose(base_s[:, :1], exchange.spatial_up(jax.nn.gelu(low, approximate=False)),
+                             atol=1e-6)
+  # ...and it is no key for S2T.
+  _, new_t = exchange(spatial.at[:, 0].add(5.0), temporal)
+  np.testing.assert_array_equal(new_t, base_t)
+
+
+def _reference_counts(tsv):
+  """(trained count per block, trained count outside blocks, frozen total) of a reference key list."""
+  blocks, top, frozen = {}, 0, 0
+  for line in open(f'{REFERENCE}/{tsv}'):
+    if line.startswith('#'):
+      continue
+    key, shape, flag = line.rstrip('\n').split('\t')
+    n = math.prod(eval(shape))  # shapes are written as Python tuples
+    if flag == 'F':
+      frozen += n
+    elif key.startswith('blocks.'):
+      i = int(key.split('.')[1])
+      blocks[i] = blocks.get(i, 0) + n
+    else:
+      top += n
+  return blocks, top, frozen
+
+
+def _shared_per_layer(cfg, name, layer):
+  """Parameters the reference lists twice in a CA²ST layer with shared projections: the
+  visual down/up of both audio pairs and the audio down/up of the second pair."""
+  if name != 'ca2st' or not cfg.share_exchange_projections or layer < cfg.audio_exchange_start:
+    return 0
+  width, dim = cfg.width, cfg.bottleneck_dim
+  return 3 * (width * dim + dim) + 3 * (dim * width + width)
+
+
+@pytest.mark.parametrize('tsv,name,overrides', [
+    ('official_keys_cast_k400.tsv', 'cast', dict(num_classes=400)),
+    ('official_keys_cast_ek100.tsv', 'cast_compositional', {}),
+    ('authors_keys_cava_vggsound_t1024.tsv', 'cava', dict(num_classes=309)),
+    ('authors_keys_cava_epicsounds_t400.tsv', 'cava', dict(num_classes=44, spectrogram_length=400)),
+    ('authors_keys_ca2st_ca9_shared_vggsound_t1024.tsv', 'ca2st', dict(num_classes=309)),
+])
+def test_trainable_set_matches_reference(tsv, name, overrides):
+  """Per block and outside the blocks, the trainable filter selects exactly as many parameters
+  as the reference marks trained; everything else is frozen."""
+  cfg = config_lib.model_config(name, **overrides)
+  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  trainable = nnx.state(model, models.TRAINABLE)
+  ref_blocks, ref_top, ref_frozen = _reference_counts(tsv)
+  per_layer = {i: count(trainable['layers'][i]) for i in range(cfg.depth)}
+  assert per_layer == {i: ref_blocks[i] - _shared_per_layer(cfg, name, i) for i in range(cfg.depth)}
+  assert count(trainable) - sum(per_layer.values()) == ref_top
+  assert count(nnx.state(model, models.FROZEN)) == ref_frozen
+
+
+def test_jit_traces_once_and_dtypes():
+  for dtype in ('float32', 'bfloat16'):
+    cfg = tiny('ca2st', dtype=dtype)
+    model = models.build(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    traces = []
+
+    @jax.jit
+    def forward(state, batch):
+      traces.append(1)
+      return nnx.merge(graphdef, state)(**batch)['label']
+
+    for seed in range(3):
+      logits = forward(state, inputs(cfg, seed))
+    assert len(traces) == 1
+    assert logits.dtype == jnp.dtype(dtype)
+    assert np.isfinite(np.asarray(logits, np.float32)).all()
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+
+
+def test_drop_path_only_in_training():
+  cfg = tiny('cast', drop_path=0.5, head_dropout=0.5)
+  model = models.build(cfg, rngs=nnx.Rngs(0))
+  randomize(model)
+  video = inputs(cfg)['video']
+  eval_1 = model(video, deterministic=True)['label']
+  eval_2 = model(video, deterministic=True)['label']
+  np.testing.assert_array_equal(eval_1, eval_2)
+  # Same weights without drop path give the same eval output...
+  plain = models.build(tiny('cast'), rngs=nnx.Rngs(0))
+  nnx.update(plain, nnx.state(model, nnx.Param))
+  np.testing.assert_allclose(plain(video)['label'], eval_1, atol=1e-6)
+  # ...and training mode is stochastic.
+  train_1 = model(video, deterministic=False)['label']
+  train_2 = model(video, deterministic=False)['label']
+  assert not np.allclose(train_1, train_2)
+  assert not np.allclose(train_1, eval_1)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('name', 'vivit', 'config.model.name'),
+    ('image_size', 40, 'config.model.image_size'),
+    ('num_frames', 7, 'config.model.num_frames'),
+    ('num_heads', 5, 'config.model.num_heads'),
+    ('dtype', 'float16', 'config.model.dtype'),
+])
+def test_bad_config_names_field(field, value, message):
+  cfg = tiny('cast')
+  cfg[field] = value
+  with pytest.raises(ValueError, match=message.replace('.', r'\.')):
+    models.build(cfg, rngs=nnx.Rngs(0))
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match='variant'):
+    config_lib.parse_variant('huge')
