@@ -3,7 +3,7 @@
 The reference (util_tools/optim_factory.py, run_bidirection.py) builds torch param groups; here the same
 numbers come from three per-parameter trees over the *trainable* state only:
 
-  * weight decay 0 for 1-D parameters, biases and position parameters (`(time|space)_pos`, `pos_embed`);
+  * weight decay 0 for 1-D parameters, biases and position parameters (`*_pos`, `pos_embed`, ...);
   * lr scale = layer_decay ** (depth + 1 - layer_id(path)) with `models.layer_id` (0 = stems,
     i + 1 = block i including its adapters and B-CA, depth + 1 = heads / final norms);
   * lr(step) = linear warm-up from `warmup_lr` to `lr`, then per-step cosine to `min_lr`; all three are
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-NO_DECAY_NAME = re.compile(r"(time|space)_pos|pos_embed|positional|^pos$|class_embedding|cls_token|dist_token")
+NO_DECAY_NAME = re.compile(r"(^|_)pos($|_)|pos_embed|positional|class_embedding|cls_token|dist_token")
 
 
 def path_str(path) -> str:
@@ -49,6 +49,8 @@ def flat_paths(tree) -> list[tuple]:
           p = getattr(p, attr)
           break
       key.append(p)
+    if key and key[-1] == "value" and isinstance(kp[-1], jax.tree_util.GetAttrKey):
+      key = key[:-1]  # nnx.Variable's own node
     out.append(tuple(key))
   return out
 
@@ -60,7 +62,7 @@ def decay_mask(params) -> Any:
   mask = []
   for path, leaf in zip(paths, leaves):
     name = str(path[-1]) if path else ""
-    no = (np.ndim(leaf) <= 1 or name == "bias" or name.endswith("_bias")
+    no = (len(getattr(leaf, 'shape', np.shape(leaf))) <= 1 or name == "bias" or name.endswith("_bias")
           or any(NO_DECAY_NAME.search(str(p)) for p in path))
     mask.append(not no)
   return jax.tree.unflatten(treedef, mask)

@@ -1,0 +1,106 @@
+"""What the trainer needs from an input pipeline, and an in-memory source for tests.
+
+A source has `num_train_examples` (or None), `train_iterator()` (an infinite iterator of per-host batch
+dicts, see CONTRACTS.md "Batch"; if it has `get_state()`/`set_state()` — Grain's DatasetIterator does —
+its position is checkpointed, else the trainer re-skips `step` batches on resume) and
+`eval_iterator()` (a finite iterable of per-host eval batches with 'video_index' and 'mask').
+`source_from_config` builds the real one from `ca2st_jax.data` (the data helper's Grain pipelines).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Iterator
+
+import jax
+import numpy as np
+
+
+class ArrayIterator:
+  """Infinite, epoch-shuffled (seeded) iterator over in-memory arrays with checkpointable state."""
+
+  def __init__(self, arrays: dict, batch_size: int, seed: int, shuffle: bool = True):
+    self.arrays, self.batch_size, self.seed, self.shuffle = arrays, batch_size, seed, shuffle
+    self.n = len(next(iter(arrays.values())))
+    self.pos = 0  # batches produced so far
+
+  def _order(self, epoch):
+    if not self.shuffle:
+      return np.arange(self.n)
+    return np.random.RandomState([self.seed, epoch]).permutation(self.n)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    per_epoch = self.n // self.batch_size
+    epoch, b = divmod(self.pos, per_epoch)
+    idx = self._order(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+    self.pos += 1
+    return {k: v[idx] for k, v in self.arrays.items()}
+
+  def get_state(self) -> dict:
+    return {"pos": self.pos}
+
+  def set_state(self, state: dict):
+    self.pos = int(state["pos"])
+
+
+class InMemorySource:
+  """Train/eval data held in numpy arrays (tests, and a fallback when no pipeline is configured).
+
+  `train`: dict of arrays [N, ...]; `eval`: dict of arrays [M, ...] with 'video_index' (added as
+  arange if missing); eval batches are padded to `eval_batch_size` with mask False.
+  Each host reads its own contiguous slice of every global batch.
+  """
+
+  def __init__(self, train: dict, eval: dict | None, *, global_batch: int, eval_batch_size: int,
+               seed: int = 0):
+    self.train, self.eval = train, eval
+    self.global_batch, self.eval_batch_size, self.seed = global_batch, eval_batch_size, seed
+    self.num_train_examples = len(next(iter(train.values())))
+
+  def _host_slice(self, batch, size):
+    n, i = jax.process_count(), jax.process_index()
+    per = size // n
+    return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+
+  def train_iterator(self) -> Iterator[dict]:
+    it = ArrayIterator(self.train, self.global_batch, self.seed)
+    source = self
+
+    class HostIterator:
+      def __iter__(self):
+        return self
+
+      def __next__(self):
+        return source._host_slice(next(it), source.global_batch)
+
+      get_state, set_state = it.get_state, it.set_state
+
+    return HostIterator()
+
+  def eval_iterator(self):
+    ev = dict(self.eval)
+    m = len(next(iter(ev.values())))
+    ev.setdefault("video_index", np.arange(m, dtype=np.int32))
+    bs = self.eval_batch_size
+    for start in range(0, m, bs):
+      batch = {k: v[start:start + bs] for k, v in ev.items()}
+      k = len(batch["video_index"])
+      mask = np.arange(bs) < k
+      if k < bs:
+        batch = {key: np.concatenate([v, np.repeat(v[-1:], bs - k, 0)]) for key, v in batch.items()}
+      batch["mask"] = mask
+      yield self._host_slice(batch, bs)
+
+
+def source_from_config(config):
+  """The data helper's pipeline for config.data (ca2st_jax.data.make_source), if it exists."""
+  try:
+    data = importlib.import_module("ca2st_jax.data")
+  except ImportError as e:  # pragma: no cover
+    raise RuntimeError(f"ca2st_jax.data is not importable: {e}") from e
+  for name in ("make_source", "build_source", "make_input_source"):
+    if hasattr(data, name):
+      return getattr(data, name)(config)
+  raise RuntimeError("ca2st_jax.data has no make_source(config); the input pipeline has not landed yet")
