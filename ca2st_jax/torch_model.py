@@ -58,6 +58,7 @@ class Spec:
   # CAVA / CA²ST time encoding (SPEC §6).
   time_encoding: bool = True
   split_time_mlp: bool = True
+  learned_positions: bool = False   # the reference's use_stpos; not implemented (its default is off)
 
   @property
   def grid(self) -> int:
@@ -98,9 +99,10 @@ _ALIASES = {
     'num_classes': ('num_classes',),
     'num_verbs': ('num_verbs', 'num_verb_classes'),
     'num_nouns': ('num_nouns', 'num_noun_classes'),
-    'ca_start_layer': ('ca_start_layer', 'audio_start_layer', 'ca'),
-    'exchange': ('exchange', 'bca_method', 'bcast_method'),
-    'share_projections': ('share_projections', 'bca_share', 'bcast_share'),
+    'ca_start_layer': ('audio_exchange_start', 'ca_start_layer'),
+    'exchange': ('exchange_method', 'exchange'),
+    'share_projections': ('share_exchange_projections', 'share_projections'),
+    'learned_positions': ('learned_positions',),
     'time_encoding': ('time_encoding',),
     'split_time_mlp': ('split_time_mlp',),
 }
@@ -122,6 +124,8 @@ def spec_from_config(model_config: Any) -> Spec:
   spec = Spec(**values)
   if spec.name not in MODEL_NAMES:
     raise ValueError(f'unknown model name {spec.name!r}; expected one of {MODEL_NAMES}')
+  if spec.learned_positions:
+    raise NotImplementedError('learned_positions (use_stpos) is not implemented in the PyTorch model')
   if spec.exchange not in ('seq', 'add'):
     raise ValueError(f"exchange must be 'seq' or 'add', got {spec.exchange!r}")
   return spec
