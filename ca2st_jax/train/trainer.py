@@ -323,7 +323,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
     params = optax.apply_updates(state["params"], updates)
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                  "rng": state["rng"]}
-    out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state["step"]),
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
            "mixup_lambda": lam}
     return new_state, out
 
