@@ -1,0 +1,123 @@
+"""Parameter counts and forward cost of a configured model, without allocating weights.
+
+  python -m ca2st_jax.tools.summary --config=configs/cast_k400.py [--json]
+
+Counts come from the abstract model (`nnx.eval_shape`); arrays shared under two names
+(CA²ST's shared projections) count once. GMACs per view are the multiply-accumulates of the
+matrix products and convolutions in the traced forward of one view on abstract inputs.
+"""
+import json
+import math
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from ml_collections import config_flags
+
+from ca2st_jax import models
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+
+
+def part_of(path) -> str:
+  """Which part of the model a parameter belongs to, for the per-part counts."""
+  path = tuple(str(p) for p in path)
+  if path[0] in models.EXPERTS:
+    return path[0]
+  if path[0] == 'layers':
+    return 'adapters' if path[2].endswith('adapter') else 'exchange'
+  if path[0] == 'time_encoding':
+    return 'time_encoding'
+  return 'heads'
+
+
+def parameter_counts(model):
+  """{'total', 'trainable', 'parts': {part: {'total', 'trainable'}}} of an (abstract) model."""
+  parts = {}
+  totals = {'total': 0, 'trainable': 0}
+  for path, param in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    n = math.prod(param.shape)
+    part = parts.setdefault(part_of(path), {'total': 0, 'trainable': 0})
+    trainable = models.is_trainable(path)
+    for counts in (part, totals):
+      counts['total'] += n
+      counts['trainable'] += n if trainable else 0
+  return {**totals, 'parts': parts}
+
+
+def abstract_inputs(cfg, batch=1):
+  slots = cfg.num_frames // cfg.tubelet_size
+  shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+  return dict(
+      video=shape(batch, cfg.num_frames, cfg.image_size, cfg.image_size, 3),
+      audio=shape(batch, cfg.spectrogram_length, cfg.num_mel_bins),
+      audio_times=shape(batch, slots + 1, 2))
+
+
+def _subjaxprs(eqn):
+  for value in eqn.params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def count_macs(jaxpr) -> int:
+  """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included."""
+  macs = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'dot_general':
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      (_, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
+      rhs_free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+      macs += math.prod(lhs) * math.prod(rhs_free)
+    elif name == 'conv_general_dilated':
+      out = eqn.outvars[0].aval.shape
+      kernel = eqn.invars[1].aval.shape
+      spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, *spatial)
+      per_output = math.prod(kernel[d] for d in spec[2:]) * kernel[spec[1]]
+      macs += math.prod(out) * per_output
+    for sub in _subjaxprs(eqn):
+      macs += count_macs(sub)
+  return macs
+
+
+def forward_macs(cfg, model) -> int:
+  graphdef, state = nnx.split(model)
+  forward = lambda state, inputs: nnx.merge(graphdef, state)(**inputs, deterministic=True)
+  return count_macs(jax.make_jaxpr(forward)(state, abstract_inputs(cfg)).jaxpr)
+
+
+def summarize(cfg) -> dict:
+  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  counts = parameter_counts(model)
+  return {
+      'model': cfg.name,
+      'total_params': counts['total'],
+      'trainable_params': counts['trainable'],
+      'parts': counts['parts'],
+      'gmacs_per_view': forward_macs(cfg, model) / 1e9,
+  }
+
+
+def main(argv):
+  del argv
+  summary = summarize(_CONFIG.value.model)
+  if _JSON.value:
+    print(json.dumps(summary))
+    return
+  print(f"{summary['model']}: {summary['total_params']:,} parameters, "
+        f"{summary['trainable_params']:,} trainable, {summary['gmacs_per_view']:.1f} GMACs per view")
+  print(f"{'part':<16}{'total':>16}{'trainable':>16}")
+  for part, counts in sorted(summary['parts'].items()):
+    print(f"{part:<16}{counts['total']:>16,}{counts['trainable']:>16,}")
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)

@@ -1,0 +1,26 @@
+"""CAVA on VGGSound.
+
+Train and evaluate (experts from their public checkpoints, no downloads at run time):
+  python -m ca2st_jax.main --config=configs/cava_vggsound.py --workdir=$WORKDIR \\
+      --config.init.clip=ViT-B-16.pt --config.init.ast=audioset_10_10_0.4593.pth
+Model summary (parameters, GMACs per view):
+  python -m ca2st_jax.tools.summary --config=configs/cava_vggsound.py
+CPU-sized variant of the same code: --config=configs/cava_vggsound.py:tiny
+
+Paper: CAVA is the audio-visual baseline of the CA²ST paper; CA²ST reaches 68.3 top-1 on VGGSound.
+"""
+import ml_collections
+
+from ca2st_jax import config_lib
+
+
+def get_config(arg=None):
+  variant = config_lib.parse_variant(arg)
+  config = ml_collections.ConfigDict()
+  config.model = config_lib.model_config('cava', num_classes=309, spectrogram_length=1024, drop_path=0.2)
+  # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint
+  # of the reference layout in `checkpoint`.
+  config.init = ml_collections.ConfigDict(dict(clip='', videomae='', ast='', checkpoint=''))
+  if variant == 'tiny':
+    config_lib.tiny(config.model)
+  return config
