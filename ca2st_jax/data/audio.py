@@ -101,7 +101,8 @@ def fbank(wave: np.ndarray, sample_rate: float, num_mel_bins: int = 128,
 def crop_or_pad(spec: np.ndarray, length: int, position: float):
   """The authors' T-frame crop/pad; returns (spec [T, M], start_fraction, end_fraction).
 
-  `position` is `audio_centra` in [0, 1]: 0.5 centres the window, 0 takes the end, →1 the start.
+  `position` is the authors' `audio_centra` in [0, 1]: 0.5 centres the window, 0 takes the
+  start, →1 the end.
   """
   n = spec.shape[0]
   if n == 0:

@@ -192,7 +192,8 @@ def clip_options(config, info=None) -> ClipOptions:
       crop_size=int(_cfg_get(d, 'crop_size', 0) or _cfg_get(m, 'image_size', 224)),
       scale=tuple(_cfg_get(d, 'crop_scale', (0.08, 1.0))),
       ratio=tuple(_cfg_get(d, 'crop_ratio', (3 / 4, 4 / 3))),
-      flip=bool(_cfg_get(d, 'flip', True)),
+      # The reference never flips Something-Something (left/right is part of the label).
+      flip=bool(_cfg_get(d, 'flip', True)) and _cfg_get(d, 'name', '') != 'ssv2',
       randaugment=_cfg_get(d, 'randaugment', 'rand-m7-n4-mstd0.5-inc1'),
       interpolation=_cfg_get(d, 'interpolation', 'bicubic'),
       eval_short_side=int(_cfg_get(d, 'eval_short_side', 0) or _cfg_get(m, 'image_size', 224)),

@@ -1,0 +1,134 @@
+"""Grain pipelines on the synthetic audio-visual set: batch layout, eval views, resume, workers."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import ml_collections
+import numpy as np
+import pytest
+
+from ca2st_jax import data
+from ca2st_jax.data import pipeline, synthetic
+
+SPEC = dict(num_train=12, num_test=5, num_frames=16, size=40)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('syn')
+  synthetic.prepare(d / 'synthetic_av', synthetic.SyntheticSpec(**SPEC))
+  return str(d)
+
+
+def make_config(data_dir, **overrides):
+  d = dict(pipeline.default_config(), data_dir=data_dir, synthetic=SPEC, batch_size=4,
+           eval_batch_size=4, frame_stride=2, test_num_clips=2, test_num_crops=3)
+  d.update(overrides)
+  return ml_collections.ConfigDict(dict(
+      model=dict(num_frames=8, tubelet_size=2, image_size=32, num_mel_bins=32,
+                 spectrogram_length=48),
+      data=d, train=dict(batch_size=4)))
+
+
+def test_train_batch_layout(data_dir):
+  src = data.make_source(make_config(data_dir))
+  assert src.num_train_examples == 12 and src.num_classes() == {'label': 8}
+  b = next(src.train_iterator())
+  assert b['video'].shape == (4, 8, 32, 32, 3) and b['video'].dtype == np.uint8
+  assert b['audio'].shape == (4, 48, 32) and b['audio'].dtype == np.float32
+  assert b['audio_times'].shape == (4, 5, 2) and b['audio_times'].dtype == np.float32
+  assert b['has_audio'].dtype == np.bool_ and b['has_audio'].all()
+  assert b['label'].dtype == np.int32 and b['label'].shape == (4,)
+  t = b['audio_times']
+  assert (t[:, 0, 1] > t[:, 0, 0]).all()                 # audio crop [start, end]
+  assert (np.diff(t[:, 1:, 0], axis=1) >= 0).all()       # slots in time order
+  gap = t[:, 1:, 1] - t[:, 1:, 0]                        # frames 2k, 2k+1: ~stride 2 @ 16 fps
+  assert ((gap >= 1 / 16 - 1e-6) & (gap <= 3 / 16 + 1e-6)).all()
+  assert set(b) == {'video', 'audio', 'audio_times', 'has_audio', 'label'}
+
+
+def test_video_only_config_omits_audio(data_dir):
+  b = next(data.make_source(make_config(data_dir, audio=False)).train_iterator())
+  assert set(b) == {'video', 'label'}
+
+
+def test_eval_views_deterministic_padded_and_indexed(data_dir):
+  src = data.make_source(make_config(data_dir, sampling='tsn'))
+  runs = [list(src.eval_iterator()) for _ in range(2)]
+  assert len(runs[0]) == 8                               # 5 videos x 6 views = 30 -> 32
+  for a, b in zip(*runs):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  batches = runs[0]
+  idx = np.concatenate([b['video_index'] for b in batches])
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert mask.sum() == 30 and not mask[30:].any()
+  assert sorted(np.bincount(idx[mask]).tolist()) == [6] * 5
+  first = batches[0]
+  assert first['video'].shape == (4, 8, 32, 32, 3)
+  # views of one video differ (clip 0 vs clip 1; square frames give equal crops) while their
+  # label and audio are the same
+  assert (first['video_index'] == first['video_index'][0]).all()
+  assert not np.array_equal(first['video'][0], first['video'][3])
+  np.testing.assert_array_equal(first['audio'][0], first['audio'][3])
+  assert (first['label'] == first['label'][0]).all()
+
+
+def test_eval_per_host_shards_partition_the_views(data_dir):
+  src = data.make_source(make_config(data_dir))
+  opts, (split_src, _) = src.opts, pipeline.open_split(src.dir, 'test')
+  hosts = [list(pipeline.eval_dataset(split_src, opts, batch_size=2, num_clips=1, num_crops=1,
+                                      host_index=h, host_count=2)) for h in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == 2
+  seen = [v for h in hosts for b in h for v, m in zip(b['video_index'], b['mask']) if m]
+  assert sorted(seen) == list(range(5))
+
+
+_RUN = textwrap.dedent('''
+    import json, sys, numpy as np, ml_collections
+    from ca2st_jax import data
+    cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+    it = data.make_source(cfg).train_iterator()
+    if sys.argv[2] == 'save':
+      for _ in range(int(sys.argv[3])):
+        next(it)
+      open(sys.argv[4], 'w').write(json.dumps(it.get_state()))
+    else:
+      it.set_state(json.loads(open(sys.argv[4]).read()))
+      np.savez(sys.argv[5], **next(it))
+''')
+
+
+def test_resume_in_new_process_gives_next_batch(data_dir, tmp_path):
+  cfg = make_config(data_dir)
+  k = 4                                                    # > 1 epoch of 12 / 4 = 3 batches
+  it = data.make_source(cfg).train_iterator()
+  expected = [next(it) for _ in range(k + 1)][k]
+  env = dict(os.environ, PYTHONPATH=os.getcwd())
+  args = [sys.executable, '-c', _RUN, json.dumps(cfg.to_dict())]
+  state, out = str(tmp_path / 'state.json'), str(tmp_path / 'next.npz')
+  subprocess.run(args + ['save', str(k), state], check=True, env=env, capture_output=True)
+  subprocess.run(args + ['load', '0', state, out], check=True, env=env, capture_output=True)
+  got = np.load(out)
+  assert set(got.files) == set(expected)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_multiprocess_workers_match_in_process(data_dir):
+  ref = data.make_source(make_config(data_dir)).train_iterator()
+  mp = data.make_source(make_config(data_dir, num_workers=2)).train_iterator()
+  for _ in range(3):
+    a, b = next(ref), next(mp)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_train_randomness_from_seed(data_dir):
+  a = next(data.make_source(make_config(data_dir, seed=1)).train_iterator())
+  b = next(data.make_source(make_config(data_dir, seed=1)).train_iterator())
+  c = next(data.make_source(make_config(data_dir, seed=2)).train_iterator())
+  np.testing.assert_array_equal(a['video'], b['video'])
+  assert not np.array_equal(a['video'], c['video'])

@@ -1,0 +1,97 @@
+"""Video transforms: RandAugment consistent over frames, RRC, flip (off for SSv2), eval views."""
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from ca2st_jax.data import pipeline, transforms
+
+
+def _frames(n=6, h=40, w=56, seed=0):
+  rng = np.random.default_rng(seed)
+  base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  out = []
+  for t in range(n):   # different frames: a moving bright bar on a fixed random background
+    f = base.copy()
+    f[:, (5 * t) % w:(5 * t) % w + 4] = 255
+    out.append(Image.fromarray(f))
+  return out
+
+
+def test_randaugment_is_one_transform_for_all_frames():
+  frames = _frames()
+  changed = 0
+  for seed in range(60):
+    clip = transforms.rand_augment(frames, np.random.default_rng(seed), 7, 4, 0.5)
+    for i, f in enumerate(frames):   # the same draw applied to each frame alone
+      alone = transforms.rand_augment([f], np.random.default_rng(seed), 7, 4, 0.5)[0]
+      np.testing.assert_array_equal(np.asarray(clip[i]), np.asarray(alone))
+    changed += not np.array_equal(np.asarray(clip[0]), np.asarray(frames[0]))
+  assert changed > 30   # it does augment
+
+
+def test_train_frames_identical_frames_stay_identical():
+  frame = _frames(1)[0]
+  for seed in range(30):
+    out = transforms.train_frames([frame] * 4, np.random.default_rng(seed), crop_size=24)
+    assert out.shape == (4, 24, 24, 3) and out.dtype == np.uint8
+    assert all(np.array_equal(out[0], out[i]) for i in range(4))
+
+
+def test_random_resized_crop_params_in_range():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    top, left, h, w = transforms.random_resized_crop_params(40, 56, rng)
+    assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 56 and h > 0 and w > 0
+  # impossible scale -> centre fallback clamped to the ratio range
+  assert transforms.random_resized_crop_params(10, 100, rng, scale=(5.0, 5.0)) == (0, 43, 10, 13)
+
+
+def _flipped_count(flip, seeds=40):
+  frames = _frames(2)
+  n = 0
+  for seed in range(seeds):
+    kw = dict(crop_size=40, scale=(1.0, 1.0), ratio=(56 / 40, 56 / 40), randaugment='')
+    a = transforms.train_frames(frames, np.random.default_rng(seed), flip=flip, **kw)
+    plain = transforms.train_frames(frames, np.random.default_rng(seed), flip=False, **kw)
+    if not np.array_equal(a, plain):
+      np.testing.assert_array_equal(a, plain[:, :, ::-1])
+      n += 1
+  return n
+
+
+def test_flip_happens_and_is_off_for_ssv2():
+  assert 5 < _flipped_count(True) < 35
+  assert _flipped_count(False) == 0
+  mk = lambda name: ml_collections.ConfigDict(dict(data=dict(name=name), model=dict()))
+  assert pipeline.clip_options(mk('ssv2')).flip is False
+  assert pipeline.clip_options(mk('kinetics400')).flip is True
+
+
+@pytest.mark.parametrize('size', [(40, 56), (56, 40)])
+def test_eval_views_deterministic_three_crops_along_long_side(size):
+  h, w = size
+  frames = [Image.fromarray(np.tile(np.arange(w, dtype=np.uint8)[None, :, None] * 4
+                                    + np.arange(h, dtype=np.uint8)[:, None, None],
+                                    (1, 1, 3)))] * 2
+  crops = [transforms.eval_frames(frames, short_side=20, crop_index=k, num_crops=3)
+           for k in range(3)]
+  again = [transforms.eval_frames(frames, short_side=20, crop_index=k, num_crops=3)
+           for k in range(3)]
+  for a, b in zip(crops, again):
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 20, 20, 3)
+  assert not np.array_equal(crops[0], crops[2])
+  resized = np.asarray(transforms.resize_short_side(frames, 20)[0])
+  long_side = max(resized.shape[:2])
+  for k, c in enumerate(crops):
+    start = int(k * (long_side - 20) / 2)
+    ref = resized[start:start + 20] if h > w else resized[:, start:start + 20]
+    np.testing.assert_array_equal(c[0], ref)
+
+
+def test_normalize_video_imagenet():
+  v = np.full((1, 2, 2, 2, 3), 255, np.uint8)
+  out = np.asarray(transforms.normalize_video(v))
+  np.testing.assert_allclose(out[0, 0, 0, 0], (1 - np.array(transforms.IMAGENET_MEAN))
+                             / np.array(transforms.IMAGENET_STD), rtol=1e-6)
