@@ -25,9 +25,15 @@ class AudioBlock(nnx.Module):
     self.norm2 = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.gelu, dtype=dtype, rngs=rngs)
 
+  def attend(self, x):
+    return self.attn(self.norm1(x))
+
+  def pre_mlp(self, x):
+    return self.norm2(x)
+
   def __call__(self, x):
-    x = x + self.attn(self.norm1(x))
-    return x + self.mlp(self.norm2(x))
+    x = x + self.attend(x)
+    return x + self.mlp(self.pre_mlp(x))
 
 
 class AudioExpert(nnx.Module):

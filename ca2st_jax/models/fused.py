@@ -26,6 +26,12 @@ def dtype_of(cfg):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[cfg.dtype]
 
 
+def mlp_step(block, adapter, drop_path, x, deterministic):
+  """The expert's MLP residual plus its MLP adapter (no skip, scaled 0.5, drop-pathed)."""
+  h = block.pre_mlp(x)
+  return x + block.mlp(h) + drop_path(MLP_ADAPTER_SCALE * adapter(h), deterministic=deterministic)
+
+
 class CastLayer(nnx.Module):
   """Adapters and the S↔T exchange of one CAST block (SPEC §4)."""
 
@@ -41,19 +47,17 @@ class CastLayer(nnx.Module):
     self.temporal_drop_path = layers.DropPath(drop_path, sample_axis=0, rngs=rngs)
 
   def __call__(self, spatial_block, temporal_block, spatial, temporal, *, deterministic):
-    spatial = spatial + self.spatial_adapter(spatial_block.attn(spatial_block.ln_1(spatial)))
-    temporal = temporal + self.temporal_adapter(temporal_block.attn(temporal_block.norm1(temporal)))
+    spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
+    temporal = temporal + self.temporal_adapter(temporal_block.attend(temporal))
 
     spatial_cross, temporal_cross = self.space_time(spatial, temporal)
     spatial = spatial + self.spatial_drop_path(spatial_cross, deterministic=deterministic)
     temporal = temporal + self.temporal_drop_path(temporal_cross, deterministic=deterministic)
 
-    h = spatial_block.ln_2(spatial)
-    spatial = spatial + spatial_block.mlp(h) + self.spatial_drop_path(
-        MLP_ADAPTER_SCALE * self.spatial_mlp_adapter(h), deterministic=deterministic)
-    h = temporal_block.norm2(temporal)
-    temporal = temporal + temporal_block.mlp(h) + self.temporal_drop_path(
-        MLP_ADAPTER_SCALE * self.temporal_mlp_adapter(h), deterministic=deterministic)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
+                       deterministic)
+    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, self.temporal_drop_path,
+                        temporal, deterministic)
     return spatial, temporal
 
 
@@ -128,19 +132,17 @@ class CavaLayer(nnx.Module):
   def __call__(self, audio_block, spatial_block, audio, spatial, audio_time, video_time, *,
                deterministic):
     audio = audio + self.audio_drop_path(
-        self.audio_adapter(audio_block.attn(audio_block.norm1(audio))), deterministic=deterministic)
-    spatial = spatial + self.spatial_adapter(spatial_block.attn(spatial_block.ln_1(spatial)))
+        self.audio_adapter(audio_block.attend(audio)), deterministic=deterministic)
+    spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
 
     audio_cross, spatial_cross = self.audio_spatial(audio, spatial, audio_time, video_time)
     audio = audio + self.audio_cross_drop_path(audio_cross, deterministic=deterministic)
     spatial = spatial + self.spatial_drop_path(spatial_cross, deterministic=deterministic)
 
-    h = audio_block.norm2(audio)
-    audio = audio + audio_block.mlp(h) + self.audio_drop_path(
-        MLP_ADAPTER_SCALE * self.audio_mlp_adapter(h), deterministic=deterministic)
-    h = spatial_block.ln_2(spatial)
-    spatial = spatial + spatial_block.mlp(h) + self.spatial_drop_path(
-        MLP_ADAPTER_SCALE * self.spatial_mlp_adapter(h), deterministic=deterministic)
+    audio = mlp_step(audio_block, self.audio_mlp_adapter, self.audio_drop_path, audio,
+                     deterministic)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
+                       deterministic)
     return audio, spatial
 
 
@@ -242,23 +244,20 @@ class Ca2stLayer(nnx.Module):
 
   def __call__(self, blocks, spatial, temporal, audio, audio_time, video_time, *, deterministic):
     spatial_block, temporal_block, audio_block = blocks
-    spatial = spatial + self.spatial_adapter(spatial_block.attn(spatial_block.ln_1(spatial)))
-    temporal = temporal + self.temporal_adapter(temporal_block.attn(temporal_block.norm1(temporal)))
+    spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
+    temporal = temporal + self.temporal_adapter(temporal_block.attend(temporal))
     audio = audio + self.audio_drop_path(
-        self.audio_adapter(audio_block.attn(audio_block.norm1(audio))), deterministic=deterministic)
+        self.audio_adapter(audio_block.attend(audio)), deterministic=deterministic)
 
     spatial, temporal, audio = self.exchange(
         spatial, temporal, audio, audio_time, video_time, deterministic)
 
-    h = spatial_block.ln_2(spatial)
-    spatial = spatial + spatial_block.mlp(h) + self.spatial_drop_path(
-        MLP_ADAPTER_SCALE * self.spatial_mlp_adapter(h), deterministic=deterministic)
-    h = temporal_block.norm2(temporal)
-    temporal = temporal + temporal_block.mlp(h) + self.temporal_drop_path(
-        MLP_ADAPTER_SCALE * self.temporal_mlp_adapter(h), deterministic=deterministic)
-    h = audio_block.norm2(audio)
-    audio = audio + audio_block.mlp(h) + self.audio_drop_path(
-        MLP_ADAPTER_SCALE * self.audio_mlp_adapter(h), deterministic=deterministic)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
+                       deterministic)
+    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, self.temporal_drop_path,
+                        temporal, deterministic)
+    audio = mlp_step(audio_block, self.audio_mlp_adapter, self.audio_drop_path, audio,
+                     deterministic)
     return spatial, temporal, audio
 
 

@@ -20,9 +20,15 @@ class SpatialBlock(nnx.Module):
     self.ln_2 = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.quick_gelu, dtype=dtype, rngs=rngs)
 
+  def attend(self, x):
+    return self.attn(self.ln_1(x))
+
+  def pre_mlp(self, x):
+    return self.ln_2(x)
+
   def __call__(self, x):
-    x = x + self.attn(self.ln_1(x))
-    return x + self.mlp(self.ln_2(x))
+    x = x + self.attend(x)
+    return x + self.mlp(self.pre_mlp(x))
 
 
 class SpatialExpert(nnx.Module):
