@@ -1,0 +1,134 @@
+r"""Export a model as a PyTorch state_dict in the reference layout.
+
+  python -m ca2st_jax.tools.export_torch --config=configs/cast_k400.py --output=cast_k400.pth \
+      [--workdir=DIR] [--dtype=float32|float16|bfloat16]
+
+With --workdir the weights come from the latest checkpoint in DIR/ckpt; without it the model is
+freshly initialised and `config.init` imports are applied (so `--config.init.clip=ViT-B-16.pt
+--config.init.videomae=...` exports the reference's starting point). `.pth` (torch.save of a
+dict of tensors, loadable with `torch.load(weights_only=True)`) or `.safetensors`, by extension.
+The keys and shapes are exactly the reference model's (`../shared/reference/*.tsv` at base size);
+CA²ST's shared B-CA tensors are written under every name. Load the file with
+`ca2st_jax.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or into the
+authors' code.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import OrderedDict
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<name>.py[:variant]).',
+                                          lock_config=False)
+_OUTPUT = flags.DEFINE_string('output', None, 'Output path, .pth or .safetensors.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to export the latest checkpoint of.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16', 'bfloat16'],
+                           'Floating dtype of the written tensors.')
+
+
+def reference_order(model_config) -> list[str]:
+  """The reference state_dict's key order (from the PyTorch model built on the meta device)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from ca2st_jax import torch_model  # pylint: disable=import-outside-toplevel
+  with torch.device('meta'):
+    return list(torch_model.build(model_config).state_dict().keys())
+
+
+def export_arrays(model, model_config) -> 'OrderedDict':
+  """{reference name: numpy array} in the reference's order, every name of shared tensors."""
+  from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=import-outside-toplevel
+  entries = torch_mapping.model_table(model, model_config)
+  ref = torch_mapping.to_reference(entries, torch_mapping.model_arrays(model))
+  order = reference_order(model_config)
+  if set(order) != set(ref):
+    raise AssertionError(f'export keys differ from the reference model: missing '
+                         f'{sorted(set(order) - set(ref))[:5]}, extra {sorted(set(ref) - set(order))[:5]}')
+  return OrderedDict((k, ref[k]) for k in order)
+
+
+def shared_groups(model, model_config) -> dict[str, list[str]]:
+  """{first reference name: [other names]} for parameters exported under several names."""
+  from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=import-outside-toplevel
+  by_path: dict[str, list[str]] = {}
+  for e in torch_mapping.model_table(model, model_config):
+    by_path.setdefault(e.jax, []).append(e.ref)
+  order = {k: i for i, k in enumerate(reference_order(model_config))}
+  out = {}
+  for names in by_path.values():
+    if len(names) > 1:
+      names = sorted(names, key=order.get)
+      out[names[0]] = names[1:]
+  return out
+
+
+def model_from_workdir(config, workdir):
+  """The model at the latest checkpoint of a training workdir (the trainer's own restore)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  try:
+    from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise RuntimeError(f'--workdir needs ca2st_jax.train.trainer: {e}') from e
+  setup = trainer.build_setup(config)
+  ckpt = trainer.Checkpointer(workdir, setup, config.get('ckpt', ml_collections.ConfigDict()))
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
+    state, frozen, rest = setup.init_fn()
+    restored, restored_frozen, _, _ = ckpt.restore(step)
+    if restored_frozen is None:  # checkpoints without the frozen experts: rebuild them from config.init
+      restored, restored_frozen = trainer._maybe_import_init(config, setup, restored, frozen)  # pylint: disable=protected-access
+    model = nnx.merge(setup.graphdef, restored['params'], restored_frozen, rest)
+  finally:
+    ckpt.close()
+  print(f'restored {workdir}/ckpt step {step}', flush=True)
+  return model
+
+
+def fresh_model(config):
+  """A freshly initialised model with config.init imports applied."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from ca2st_jax import models  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.checkpoints import torch_import  # pylint: disable=import-outside-toplevel
+  seed = int(config.get('seed', 0) or 0)
+  model = models.build(config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  loaded = torch_import.apply_init(model, config)
+  for field, path in loaded.items():
+    print(f'imported config.init.{field} = {path}', flush=True)
+  return model
+
+
+def export(config, output, workdir=None, dtype='float32') -> OrderedDict:
+  """Writes the export and returns the arrays written (float32, before the dtype cast)."""
+  from ca2st_jax.checkpoints import torch_io  # pylint: disable=import-outside-toplevel
+  model = model_from_workdir(config, workdir) if workdir else fresh_model(config)
+  arrays = export_arrays(model, config.model)
+  torch_io.write_tensors(output, arrays, dtype=dtype, shared=shared_groups(model, config.model))
+  return arrays
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CONFIG.value is None or not _OUTPUT.value:
+    raise app.UsageError('--config=configs/<name>.py and --output=PATH are required')
+  if not _OUTPUT.value.endswith(('.pth', '.pt', '.bin', '.safetensors')):
+    raise app.UsageError('--output must end in .pth, .pt, .bin or .safetensors')
+  from ca2st_jax.checkpoints.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
+  try:
+    arrays = export(_CONFIG.value, _OUTPUT.value, _WORKDIR.value, _DTYPE.value)
+  except (CheckpointError, FileNotFoundError, ValueError, NotImplementedError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+  n = sum(a.size for a in arrays.values())
+  print(f'wrote {_OUTPUT.value}: {len(arrays)} tensors, {n:,} values (shared names counted each '
+        f'time), dtype {_DTYPE.value}; size {os.path.getsize(_OUTPUT.value) / 2**20:.1f} MiB', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
