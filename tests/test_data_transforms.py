@@ -95,3 +95,23 @@ def test_normalize_video_imagenet():
   out = np.asarray(transforms.normalize_video(v))
   np.testing.assert_allclose(out[0, 0, 0, 0], (1 - np.array(transforms.IMAGENET_MEAN))
                              / np.array(transforms.IMAGENET_STD), rtol=1e-6)
+
+
+@pytest.mark.parametrize('op', ['Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel'])
+def test_opencv_warps_match_pil(op, monkeypatch):
+  pytest.importorskip('cv2')
+  yy, xx = np.mgrid[:48, :64]
+  img = (128 + 60 * np.sin(xx / 5.0)[..., None] * np.cos(yy / 7.0)[..., None]
+         * np.ones(3)).astype(np.uint8)
+  res = {}
+  for use in (False, True):
+    monkeypatch.setattr(transforms, 'USE_CV2', use)
+    res[use] = np.asarray(transforms._apply_op(op, [Image.fromarray(img)], 7.0,
+                                               np.random.default_rng(0), Image.BICUBIC)[0])
+  diff = np.abs(res[True].astype(float) - res[False])[8:-8, 8:-8]
+  assert diff.mean() < 1.5          # a half-pixel misalignment gives > 3 here
+
+
+def test_randaugment_consistent_on_pil_path_too(monkeypatch):
+  monkeypatch.setattr(transforms, 'USE_CV2', False)
+  test_randaugment_is_one_transform_for_all_frames()

@@ -72,7 +72,12 @@ def mel_banks(num_bins: int, padded_window: int, sample_rate: float,
   up = (mel - left) / (center - left)
   down = (right - mel) / (right - center)
   w = np.where((mel > left) & (mel < right), np.where(mel <= center, up, down), 0.0)
-  return np.concatenate([w, np.zeros((num_bins, 1))], axis=1)
+  return np.concatenate([w, np.zeros((num_bins, 1))], axis=1).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _hanning(win):
+  return np.hanning(win)[None]
 
 
 def fbank(wave: np.ndarray, sample_rate: float, num_mel_bins: int = 128,
@@ -89,11 +94,12 @@ def fbank(wave: np.ndarray, sample_rate: float, num_mel_bins: int = 128,
       wave, shape=(n, win), strides=(wave.strides[0] * shift, wave.strides[0]))
   frames = frames - frames.mean(axis=1, keepdims=True)
   if preemphasis:
-    frames = np.concatenate(
-        [frames[:, :1] * (1.0 - preemphasis), frames[:, 1:] - preemphasis * frames[:, :-1]], axis=1)
-  frames = frames * np.hanning(win)[None]  # 0.5 - 0.5 cos(2 pi i / (win - 1))
+    frames[:, 1:] -= preemphasis * frames[:, :-1].copy()
+    frames[:, 0] *= 1.0 - preemphasis
+  frames *= _hanning(win)  # 0.5 - 0.5 cos(2 pi i / (win - 1))
   padded = 1 << (win - 1).bit_length()
-  power = np.abs(np.fft.rfft(frames, n=padded, axis=1)) ** 2
+  spectrum = np.fft.rfft(frames, n=padded, axis=1)
+  power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
   mel = power @ mel_banks(num_mel_bins, padded, float(sample_rate)).T
   return np.log(np.maximum(mel, _EPS)).astype(np.float32)
 

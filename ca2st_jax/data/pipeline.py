@@ -52,6 +52,7 @@ class ClipOptions:
   ratio: tuple = (3 / 4, 4 / 3)
   flip: bool = True
   randaugment: str = 'rand-m7-n4-mstd0.5-inc1'
+  randaugment_after_crop: bool = False
   interpolation: str = 'bicubic'
   eval_short_side: int = 224
   num_clips: int = 2
@@ -121,7 +122,8 @@ def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dic
     frames = _load_frames(record, idx)
     video = transforms.train_frames(
         frames, rng, crop_size=opts.crop_size, scale=opts.scale, ratio=opts.ratio,
-        flip=opts.flip, randaugment=opts.randaugment, interpolation=opts.interpolation)
+        flip=opts.flip, randaugment=opts.randaugment, interpolation=opts.interpolation,
+        randaugment_after_crop=opts.randaugment_after_crop)
   else:  # audio-only example (EPIC-SOUNDS without video)
     video = np.zeros((opts.num_frames, opts.crop_size, opts.crop_size, 3), np.uint8)
   aud = _audio(record, opts, float(rng.random()), rng) if opts.with_audio else None
@@ -195,6 +197,7 @@ def clip_options(config, info=None) -> ClipOptions:
       # The reference never flips Something-Something (left/right is part of the label).
       flip=bool(_cfg_get(d, 'flip', True)) and _cfg_get(d, 'name', '') != 'ssv2',
       randaugment=_cfg_get(d, 'randaugment', 'rand-m7-n4-mstd0.5-inc1'),
+      randaugment_after_crop=bool(_cfg_get(d, 'randaugment_after_crop', False)),
       interpolation=_cfg_get(d, 'interpolation', 'bicubic'),
       eval_short_side=int(_cfg_get(d, 'eval_short_side', 0) or _cfg_get(m, 'image_size', 224)),
       num_clips=int(_cfg_get(d, 'test_num_clips', 2)),
@@ -345,5 +348,5 @@ def default_config() -> dict[str, Any]:
       batch_size=0, eval_batch_size=0, num_workers=0, prefetch=2, seed=0,
       sampling='dense', frame_stride=4, crop_size=0, crop_scale=(0.08, 1.0),
       crop_ratio=(3 / 4, 4 / 3), flip=True, randaugment='rand-m7-n4-mstd0.5-inc1',
-      interpolation='bicubic', eval_short_side=0, test_num_clips=2, test_num_crops=3,
+      randaugment_after_crop=False, interpolation='bicubic', eval_short_side=0, test_num_clips=2, test_num_crops=3,
       audio=True, audio_sample_rate=16000, spec_augment=True, time_mask=70, freq_mask=20)

@@ -35,7 +35,8 @@ class SyntheticSpec:
   num_train: int = 64
   num_test: int = 16
   num_frames: int = 32
-  size: int = 64            # frame height and width
+  size: int = 64            # frame height (and width unless `width` is set)
+  width: int = 0
   fps: int = 16
   audio_rate: int = 16000
   seed: int = 0
@@ -49,16 +50,16 @@ class SyntheticSpec:
 def render_clip(label: int, rng: np.random.Generator, spec: SyntheticSpec):
   """(frames uint8 [T, H, W, 3], mono float audio) for class index `label`."""
   shape, direction, tone = np.unravel_index(label, (len(SHAPES), len(DIRECTIONS), len(TONES)))
-  t_len, size = spec.num_frames, spec.size
+  t_len, size, width = spec.num_frames, spec.size, spec.width or spec.size
   bg = rng.integers(0, 120, size=3)
-  frames = np.clip(bg + rng.normal(0, 12, (t_len, size, size, 3)), 0, 255)
+  frames = np.clip(bg + rng.normal(0, 12, (t_len, size, width, 3)), 0, 255)
   colour = rng.integers(140, 256, size=3)
   r = size // 8 + int(rng.integers(0, size // 16 + 1))
   cy = int(rng.integers(r, size - r))
-  x0, x1 = r, size - r
+  x0, x1 = r, width - r
   if direction == 1:
     x0, x1 = x1, x0
-  yy, xx = np.mgrid[:size, :size]
+  yy, xx = np.mgrid[:size, :width]
   for t in range(t_len):
     cx = x0 + (x1 - x0) * t / max(t_len - 1, 1)
     if shape == 0:
@@ -119,6 +120,8 @@ def prepare(data_dir, spec: SyntheticSpec = SyntheticSpec(), config=None) -> str
   """Writes (once) and builds (once) the synthetic set under data_dir; returns the TFDS dir."""
   data_dir = pathlib.Path(data_dir)
   tag = f'n{spec.num_train}-{spec.num_test}_t{spec.num_frames}_s{spec.size}_seed{spec.seed}'
+  if spec.width:
+    tag += f'_w{spec.width}'
   if spec.corrupt or spec.no_audio or spec.missing:
     tag += f'_bad{spec.corrupt}{spec.no_audio}{spec.missing}'
   raw = write_raw(data_dir / 'raw' / tag, spec)
