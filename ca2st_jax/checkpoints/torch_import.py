@@ -67,7 +67,11 @@ def clip_to_reference(sd: Mapping[str, Any], source: str = 'CLIP') -> 'OrderedDi
   Ignored: the text tower, `proj` / `visual_projection` (unused by the reference), logit_scale.
   """
   sd = strip_prefixes(sd, ('module.',))
-  if any(k.startswith('vision_model.') for k in sd):
+  if any(k.startswith('vision_model.') for k in sd):  # CLIPModel, or CLIPVisionModel of transformers 4
+    return _hf_clip_to_reference(
+        OrderedDict((k[len('vision_model.'):], v) for k, v in sd.items() if k.startswith('vision_model.')),
+        source)
+  if 'embeddings.patch_embedding.weight' in sd:  # CLIPVisionModel of transformers 5
     return _hf_clip_to_reference(sd, source)
   if any(k.startswith('visual.') for k in sd):
     sd = OrderedDict((k[len('visual.'):], v) for k, v in sd.items() if k.startswith('visual.'))
@@ -89,12 +93,17 @@ def clip_to_reference(sd: Mapping[str, Any], source: str = 'CLIP') -> 'OrderedDi
 
 
 def _hf_clip_to_reference(sd, source):
+  """Hugging Face CLIP vision tower (keys without the `vision_model.` prefix)."""
   out, unknown = OrderedDict(), []
   qkv: dict[str, dict[str, Any]] = {}
+  simple = {
+      'embeddings.class_embedding': 'clip_class_embedding',
+      'embeddings.patch_embedding.weight': 'clip_conv1.weight',
+      'embeddings.position_embedding.weight': 'clip_positional_embedding',
+      'pre_layrnorm.weight': 'clip_ln_pre.weight', 'pre_layrnorm.bias': 'clip_ln_pre.bias',
+      'post_layernorm.weight': 'clip_ln_post.weight', 'post_layernorm.bias': 'clip_ln_post.bias',
+  }
   for k, v in sd.items():
-    if not k.startswith('vision_model.'):
-      continue  # text tower, projections, logit_scale
-    k = k[len('vision_model.'):]
     m = re.match(r'^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$', k)
     if m:
       i, name, kind = m.groups()
@@ -103,25 +112,16 @@ def _hf_clip_to_reference(sd, source):
       elif name in _HF_CLIP_BLOCK:
         out[f'blocks.{i}.clip_{_HF_CLIP_BLOCK[name]}.{kind}'] = v
       else:
-        unknown.append('vision_model.' + k)
-      continue
-    simple = {
-        'embeddings.class_embedding': 'clip_class_embedding',
-        'embeddings.patch_embedding.weight': 'clip_conv1.weight',
-        'embeddings.position_embedding.weight': 'clip_positional_embedding',
-        'pre_layrnorm.weight': 'clip_ln_pre.weight', 'pre_layrnorm.bias': 'clip_ln_pre.bias',
-        'post_layernorm.weight': 'clip_ln_post.weight', 'post_layernorm.bias': 'clip_ln_post.bias',
-    }
-    if k in simple:
+        unknown.append(k)
+    elif k in simple:
       out[simple[k]] = v
-    elif k != 'embeddings.position_ids':
-      unknown.append('vision_model.' + k)
+    elif k not in ('embeddings.position_ids', 'visual_projection.weight'):
+      unknown.append(k)
   for key, parts in qkv.items():
     i, kind = key.split('.')
     if set(parts) != {'q', 'k', 'v'}:
       raise CheckpointError(f'{source}: layer {i} lacks some of q/k/v_proj.{kind}')
-    fused = np.concatenate([np.asarray(parts[c]) for c in 'qkv'], axis=0)
-    out[f'blocks.{i}.clip_attn.in_proj_{kind}'] = fused
+    out[f'blocks.{i}.clip_attn.in_proj_{kind}'] = np.concatenate([np.asarray(parts[c]) for c in 'qkv'], axis=0)
   if unknown:
     _fail(source, unknown)
   return out
@@ -132,15 +132,16 @@ def _hf_clip_to_reference(sd, source):
 _VMAE_IGNORED = re.compile(
     r'^(fc_norm\..*|decoder\..*|encoder_to_decoder\..*|mask_token|pos_embed|decoder_pos_embed)$')
 _HF_VMAE_BLOCK = {
-    'attention.attention.query.weight': None, 'attention.attention.key.weight': None,
-    'attention.attention.value.weight': None,
-    'attention.attention.q_bias': 'attn.q_bias', 'attention.attention.v_bias': 'attn.v_bias',
+    'attention.attention.q_bias': 'attn.q_bias', 'attention.attention.v_bias': 'attn.v_bias',  # transformers 4
+    'attention.attention.query.bias': 'attn.q_bias', 'attention.attention.value.bias': 'attn.v_bias',  # 5
     'attention.output.dense.weight': 'attn.proj.weight', 'attention.output.dense.bias': 'attn.proj.bias',
     'layernorm_before.weight': 'norm1.weight', 'layernorm_before.bias': 'norm1.bias',
     'layernorm_after.weight': 'norm2.weight', 'layernorm_after.bias': 'norm2.bias',
     'intermediate.dense.weight': 'mlp.fc1.weight', 'intermediate.dense.bias': 'mlp.fc1.bias',
     'output.dense.weight': 'mlp.fc2.weight', 'output.dense.bias': 'mlp.fc2.bias',
 }
+_HF_VMAE_QKV = ('attention.attention.query.weight', 'attention.attention.key.weight',
+                'attention.attention.value.weight')
 
 
 def videomae_to_reference(sd: Mapping[str, Any], source: str = 'VideoMAE', *,
@@ -153,7 +154,7 @@ def videomae_to_reference(sd: Mapping[str, Any], source: str = 'VideoMAE', *,
   `encoder_norm_to_fc_norm` (the CA²ST authors' loader), else it is ignored.
   """
   sd = strip_prefixes(sd, ('module.',))
-  if any(k.startswith('videomae.') for k in sd):
+  if any(k.startswith('videomae.') or k.startswith('embeddings.patch_embeddings.') for k in sd):
     return _hf_videomae_to_reference(sd, source, encoder_norm_to_fc_norm)
   sd = _strip(sd, ('backbone.', 'encoder.'))
   out, unknown = OrderedDict(), []
@@ -176,29 +177,28 @@ def videomae_to_reference(sd: Mapping[str, Any], source: str = 'VideoMAE', *,
 
 
 def _hf_videomae_to_reference(sd, source, encoder_norm_to_fc_norm):
+  """Hugging Face VideoMAEModel / VideoMAEForVideoClassification (transformers 4 or 5)."""
   out, unknown, qkv = OrderedDict(), [], {}
   for k, v in sd.items():
-    if k.startswith('videomae.'):
-      k2 = k[len('videomae.'):]
-      m = re.match(r'^encoder\.layer\.(\d+)\.(.+)$', k2)
-      if m:
-        i, name = m.groups()
-        if name not in _HF_VMAE_BLOCK:
-          unknown.append(k)
-        elif _HF_VMAE_BLOCK[name] is None:
-          qkv.setdefault(i, {})[name.split('.')[2]] = v
-        else:
-          out[f'blocks.{i}.{_HF_VMAE_BLOCK[name]}'] = v
-      elif k2.startswith('embeddings.patch_embeddings.projection.'):
-        out['patch_embed.proj.' + k2.rsplit('.', 1)[1]] = v
-      elif k2.startswith('layernorm.'):
-        if encoder_norm_to_fc_norm:
-          out['vmae_fc_norm.' + k2.rsplit('.', 1)[1]] = v
-      elif k2 != 'embeddings.position_embeddings':
+    k2 = k[len('videomae.'):] if k.startswith('videomae.') else k
+    m = re.match(r'^encoder\.layer\.(\d+)\.(.+)$', k2)
+    if m:
+      i, name = m.groups()
+      if name in _HF_VMAE_QKV:
+        qkv.setdefault(i, {})[name.split('.')[2]] = v
+      elif name in _HF_VMAE_BLOCK:
+        out[f'blocks.{i}.{_HF_VMAE_BLOCK[name]}'] = v
+      else:
         unknown.append(k)
+    elif k2.startswith('embeddings.patch_embeddings.projection.'):
+      out['patch_embed.proj.' + k2.rsplit('.', 1)[1]] = v
+    elif k2 in ('layernorm.weight', 'layernorm.bias'):
+      if encoder_norm_to_fc_norm:
+        out['vmae_fc_norm.' + k2.rsplit('.', 1)[1]] = v
     elif k.startswith('classifier.'):
       out['head.' + k.rsplit('.', 1)[1]] = v
-    elif k.startswith(('fc_norm.', 'decoder.', 'encoder_to_decoder.')) or k == 'mask_token':
+    elif k2 == 'embeddings.position_embeddings' or k.startswith(
+        ('fc_norm.', 'decoder.', 'encoder_to_decoder.')) or k == 'mask_token':
       continue
     else:
       unknown.append(k)
@@ -215,9 +215,14 @@ def _hf_videomae_to_reference(sd, source, encoder_norm_to_fc_norm):
 # ---------------------------------------------------------------------------------------- AST
 
 _AST_IGNORED = re.compile(r'^(head|head_dist)\.(weight|bias)$')
-_HF_AST_BLOCK = {
-    'attention.output.dense': 'attn.proj', 'layernorm_before': 'norm1', 'layernorm_after': 'norm2',
-    'intermediate.dense': 'mlp.fc1', 'output.dense': 'mlp.fc2',
+_HF_AST_BLOCK = {  # transformers 4 (encoder.layer.N.*) and 5 (layers.N.*)
+    'attention.output.dense': 'attn.proj', 'attention.o_proj': 'attn.proj',
+    'layernorm_before': 'norm1', 'layernorm_after': 'norm2',
+    'intermediate.dense': 'mlp.fc1', 'output.dense': 'mlp.fc2', 'mlp.fc1': 'mlp.fc1', 'mlp.fc2': 'mlp.fc2',
+}
+_HF_AST_QKV = {
+    'attention.attention.query': 'q', 'attention.attention.key': 'k', 'attention.attention.value': 'v',
+    'attention.q_proj': 'q', 'attention.k_proj': 'k', 'attention.v_proj': 'v',
 }
 
 
@@ -283,7 +288,7 @@ def ast_to_reference(sd: Mapping[str, Any], source: str = 'AST', *, target_grid=
   Ignored: the classification heads (`head`, `head_dist`, `mlp_head`, `classifier`).
   """
   sd = strip_prefixes(sd, ('module.',))
-  if any(k.startswith('audio_spectrogram_transformer.') for k in sd):
+  if any(k.startswith(('audio_spectrogram_transformer.', 'embeddings.')) for k in sd):
     out = _hf_ast_to_reference(sd, source)
   else:
     out, unknown = OrderedDict(), []
@@ -321,42 +326,38 @@ def ast_to_reference(sd: Mapping[str, Any], source: str = 'AST', *, target_grid=
 
 
 def _hf_ast_to_reference(sd, source):
+  """Hugging Face ASTModel / ASTForAudioClassification (transformers 4 or 5)."""
   out, unknown, qkv = OrderedDict(), [], {}
   p = 'audio_spectrogram_transformer.'
+  simple = {
+      'embeddings.cls_token': 'ast_cls_token', 'embeddings.distillation_token': 'ast_dist_token',
+      'embeddings.position_embeddings': 'ast_pos_embed',
+      'embeddings.patch_embeddings.projection.weight': 'ast_patch_embed.proj.weight',
+      'embeddings.patch_embeddings.projection.bias': 'ast_patch_embed.proj.bias',
+      'layernorm.weight': 'ast_norm.weight', 'layernorm.bias': 'ast_norm.bias',
+  }
   for k, v in sd.items():
     if k.startswith('classifier.'):
       continue
-    if not k.startswith(p):
-      unknown.append(k)
-      continue
-    k2 = k[len(p):]
-    m = re.match(r'^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$', k2)
+    k2 = k[len(p):] if k.startswith(p) else k
+    m = re.match(r'^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$', k2)
     if m:
       i, name, kind = m.groups()
-      if name in ('attention.attention.query', 'attention.attention.key', 'attention.attention.value'):
-        qkv.setdefault(f'{i}.{kind}', {})[name.rsplit('.', 1)[1]] = v
+      if name in _HF_AST_QKV:
+        qkv.setdefault(f'{i}.{kind}', {})[_HF_AST_QKV[name]] = v
       elif name in _HF_AST_BLOCK:
         out[f'blocks.{i}.ast_{_HF_AST_BLOCK[name]}.{kind}'] = v
       else:
         unknown.append(k)
-      continue
-    simple = {
-        'embeddings.cls_token': 'ast_cls_token', 'embeddings.distillation_token': 'ast_dist_token',
-        'embeddings.position_embeddings': 'ast_pos_embed',
-        'embeddings.patch_embeddings.projection.weight': 'ast_patch_embed.proj.weight',
-        'embeddings.patch_embeddings.projection.bias': 'ast_patch_embed.proj.bias',
-        'layernorm.weight': 'ast_norm.weight', 'layernorm.bias': 'ast_norm.bias',
-    }
-    if k2 in simple:
+    elif k2 in simple:
       out[simple[k2]] = v
     else:
       unknown.append(k)
   for key, parts in qkv.items():
     i, kind = key.split('.')
-    if set(parts) != {'query', 'key', 'value'}:
-      raise CheckpointError(f'{source}: layer {i} lacks some of query/key/value.{kind}')
-    out[f'blocks.{i}.ast_attn.qkv.{kind}'] = np.concatenate(
-        [np.asarray(parts[c]) for c in ('query', 'key', 'value')], axis=0)
+    if set(parts) != {'q', 'k', 'v'}:
+      raise CheckpointError(f'{source}: layer {i} lacks some of the query/key/value {kind}')
+    out[f'blocks.{i}.ast_attn.qkv.{kind}'] = np.concatenate([np.asarray(parts[c]) for c in 'qkv'], axis=0)
   if unknown:
     _fail(source, unknown)
   return out

@@ -263,7 +263,7 @@ def write_tensors(path, tensors: Mapping[str, np.ndarray], dtype: str = 'float32
     raise ValueError(f'dtype must be float32, float16 or bfloat16, got {dtype!r}')
   out = OrderedDict()
   for k, v in tensors.items():
-    t = torch.from_numpy(np.ascontiguousarray(v))
+    t = torch.from_numpy(np.array(v, copy=True, order="C"))
     out[k] = t.to(tdtype) if t.is_floating_point() else t
   if path.endswith('.safetensors'):
     from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
