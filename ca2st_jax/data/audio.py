@@ -75,6 +75,17 @@ def mel_banks(num_bins: int, padded_window: int, sample_rate: float,
   return np.concatenate([w, np.zeros((num_bins, 1))], axis=1).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def _bank_support(num_bins, padded_window, sample_rate):
+  """(first, end, weights) of the nonzero FFT bins of each mel triangle."""
+  out = []
+  for row in mel_banks(num_bins, padded_window, sample_rate):
+    nz = np.nonzero(row)[0]
+    lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+    out.append((lo, hi, np.ascontiguousarray(row[lo:hi])))
+  return tuple(out)
+
+
 @functools.lru_cache(maxsize=16)
 def _hanning(win):
   return np.hanning(win)[None]
@@ -100,7 +111,12 @@ def fbank(wave: np.ndarray, sample_rate: float, num_mel_bins: int = 128,
   padded = 1 << (win - 1).bit_length()
   spectrum = np.fft.rfft(frames, n=padded, axis=1)
   power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-  mel = power @ mel_banks(num_mel_bins, padded, float(sample_rate)).T
+  # Per-bin dot products over each triangle's support: no multi-threaded BLAS GEMM (which
+  # oversubscribes data-loading workers) and ~10x fewer multiply-adds.
+  mel = np.zeros((n, num_mel_bins), np.float32)
+  for m, (lo, hi, w) in enumerate(_bank_support(num_mel_bins, padded, float(sample_rate))):
+    if hi > lo:
+      mel[:, m] = power[:, lo:hi] @ w
   return np.log(np.maximum(mel, _EPS)).astype(np.float32)
 
 

@@ -47,11 +47,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _time(fn, n):
+  """CPU seconds of this process per call (robust to other load on a shared machine)."""
   fn()
-  t = time.perf_counter()
+  t = time.process_time()
   for _ in range(n):
     fn()
-  return (time.perf_counter() - t) / n
+  return (time.process_time() - t) / n
 
 
 def profile(source, n=8):
@@ -85,12 +86,15 @@ def run(config, batches, workers):
   bs = source.batch_size
   it = source.train_iterator()
   next(it)
-  t = time.perf_counter()
+  t, c = time.perf_counter(), time.process_time()
   for _ in range(batches):
     b = next(it)
   train = batches * bs / (time.perf_counter() - t)
+  per_cpu = batches * bs / (time.process_time() - c)
   res = {'train_clips_per_s': round(train, 2), 'workers': 1,
          'train_clips_per_s_per_worker': round(train, 2),
+         # clips per CPU-second of the (single) worker: the per-core rate without other load
+         'train_clips_per_cpu_s': round(per_cpu, 2),
          'video_shape': list(b['video'].shape[1:])}
   if workers > 0:
     config.data.num_workers = workers
@@ -106,14 +110,16 @@ def run(config, batches, workers):
     res.update(train_clips_per_s=round(mp, 2), workers=workers,
                train_clips_per_s_per_worker_mp=round(mp / workers, 2))
     config.data.num_workers = 0
-  t = time.perf_counter()
+  t, c = time.perf_counter(), time.process_time()
   n = 0
   for eb in source.eval_iterator():
     n += int(eb['mask'].sum())
   res['eval_clips_per_s'] = round(n / (time.perf_counter() - t), 2)
+  res['eval_clips_per_cpu_s'] = round(n / (time.process_time() - c), 2)
   res['eval_views'] = n
   res['profile_ms_per_clip'] = profile(source)
   res['cpu_count'] = os.cpu_count()
+  res['load_average'] = round(os.getloadavg()[0], 2)
   return res
 
 

@@ -24,11 +24,11 @@ def main():
   if args.config:
     cfg = next(c for c in cls.BUILDER_CONFIGS if c.name == args.config)
   overrides = {k: v for k, v in vars(args).items()
-               if v is not None and k in {f.name for f in dataclasses.fields(cfg)}}
+               if v is not None and k in {f.name for f in dataclasses.fields(cfg)} and k != 'name'}
+  storage = {k: v for k, v in sorted(overrides.items()) if k != 'num_workers'}
+  name = cfg.name + ''.join(f'_{k}{v}' for k, v in storage.items())  # distinct dir per storage
   if overrides:
-    cfg = dataclasses.replace(cfg, name=cfg.name + '_' + '_'.join(
-        f'{k}{v}' for k, v in sorted(overrides.items()) if k != 'num_workers') if any(
-            k != 'num_workers' for k in overrides) else cfg.name, **overrides)
+    cfg = dataclasses.replace(cfg, name=name, **overrides)
   b = builders.build(cls, args.manual_dir, args.data_dir, cfg)
   print(b.data_dir)
   print({'num_skipped': dict(b.info.metadata.get('num_skipped', {})),
