@@ -48,7 +48,10 @@ def test_kinetics400_official_csv_bad_files_and_no_audio(tmp_path):
     _video(raw / 'train' / lab / f'{y}_{s:06d}_{e:06d}.mp4')
   _video(raw / 'train' / 'bowling' / 'ccc_000001_000011.mp4', audio=False)   # no audio track
   _corrupt(raw / 'train' / 'abseiling' / 'ddd_000002_000012.mp4')            # corrupt
-  # eee is missing
+  # eee is missing; ggg has no video stream
+  decode.write_video(raw / 'train' / 'bowling' / 'ggg_000000_000010.mp4', None, 8,
+                     np.zeros(16000), 16000)
+  rows.append(('bowling', 'ggg', 0, 10))
   hdr = 'label,youtube_id,time_start,time_end,split,is_cc\n'
   (raw / 'train.csv').write_text(hdr + ''.join(f'{l},{y},{s},{e},train,0\n' for l, y, s, e in rows))
   _video(raw / 'val' / 'fff_000000_000010.mp4')
@@ -56,8 +59,9 @@ def test_kinetics400_official_csv_bad_files_and_no_audio(tmp_path):
   b = _build(builders.Kinetics400, raw, tmp_path)
   assert b.info.features['label'].names == ['abseiling', 'bowling']
   assert b.info.splits['train'].num_examples == 3 and b.info.splits['validation'].num_examples == 1
-  assert b.info.metadata['num_skipped'] == {'train': 2, 'validation': 0}
+  assert b.info.metadata['num_skipped'] == {'train': 3, 'validation': 0}
   assert any('ddd' in s for s in b.info.metadata['skipped']['train'])
+  assert any('ggg' in s and 'no video stream' in s for s in b.info.metadata['skipped']['train'])
   assert any('eee' in s for s in b.info.metadata['skipped']['train'])
   ex = _all(b, 'train')
   assert ex['aaa_000000_000010']['label'] == 1 and ex['bbb_000005_000015']['label'] == 0

@@ -195,26 +195,31 @@ _CODECS = {  # container extension -> (video codec, audio codec, pixel format)
 }
 
 
-def write_video(path: str, frames: np.ndarray, fps: int, audio: np.ndarray | None = None,
+def write_video(path: str, frames: np.ndarray | None, fps: int, audio: np.ndarray | None = None,
                 audio_rate: int = 16000) -> None:
-  """Writes uint8 [T, H, W, 3] frames (+ float mono audio in [-1, 1]) with PyAV."""
+  """Writes uint8 [T, H, W, 3] frames (+ float mono audio in [-1, 1]) with PyAV.
+
+  frames=None writes an audio-only file (a fixture for 'no video stream').
+  """
   import os  # pylint: disable=g-import-not-at-top
   vcodec, acodec, pix = _CODECS[os.path.splitext(str(path))[1].lower()]
   with av.open(str(path), mode='w') as out:
-    vs = out.add_stream(vcodec, rate=int(fps))
-    vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], pix
-    if vcodec == 'libx264':
-      vs.options = {'preset': 'ultrafast', 'crf': '18'}
+    vs = None
+    if frames is not None:  # None: an audio-only file
+      vs = out.add_stream(vcodec, rate=int(fps))
+      vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], pix
+      if vcodec == 'libx264':
+        vs.options = {'preset': 'ultrafast', 'crf': '18'}
     astream = None
     if audio is not None:
       if acodec == 'libopus' and audio_rate not in (8000, 12000, 16000, 24000, 48000):
         raise ValueError('opus needs 8/12/16/24/48 kHz')
       astream = out.add_stream(acodec, rate=audio_rate)
       astream.layout = 'mono'
-    for f in frames:
+    for f in (frames if vs is not None else []):
       for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')):
         out.mux(p)
-    for p in vs.encode():
+    for p in (vs.encode() if vs is not None else []):
       out.mux(p)
     if astream is not None:
       pcm = np.clip(np.round(np.asarray(audio) * 32767), -32768, 32767).astype(np.int16)
