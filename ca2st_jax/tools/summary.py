@@ -18,10 +18,6 @@ from ml_collections import config_flags
 
 from ca2st_jax import models
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-
-
 def part_of(path) -> str:
   """Which part of the model a parameter belongs to, for the per-part counts."""
   path = tuple(str(p) for p in path)
@@ -105,10 +101,9 @@ def summarize(cfg) -> dict:
   }
 
 
-def main(argv):
-  del argv
-  summary = summarize(_CONFIG.value.model)
-  if _JSON.value:
+def report(model_config, as_json: bool):
+  summary = summarize(model_config)
+  if as_json:
     print(json.dumps(summary))
     return
   print(f"{summary['model']}: {summary['total_params']:,} parameters, "
@@ -119,5 +114,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags are defined here, not at import, so other tools and tests can import this module.
+  config_flag = config_flags.DEFINE_config_file(
+      'config', None, 'Config file (configs/<name>.py[:variant]).', lock_config=True)
+  json_flag = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(lambda argv: report(config_flag.value.model, json_flag.value))
