@@ -107,7 +107,7 @@ def report(model_config, as_json: bool):
     print(json.dumps(summary))
     return
   print(f"{summary['model']}: {summary['total_params']:,} parameters, "
-        f"{summary['trainable_params']:,} trainable, {summary['gmacs_per_view']:.1f} GMACs per view")
+        f"{summary['trainable_params']:,} trainable, {summary['gmacs_per_view']:.4g} GMACs per view")
   print(f"{'part':<16}{'total':>16}{'trainable':>16}")
   for part, counts in sorted(summary['parts'].items()):
     print(f"{part:<16}{counts['total']:>16,}{counts['trainable']:>16,}")
