@@ -12,6 +12,7 @@ Eval: resize the short side to `short_side` (bilinear), then view `k` of `num_cr
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import numpy as np
@@ -22,7 +23,7 @@ try:  # OpenCV, when installed, runs the geometric warps ~10x faster than PIL (s
   cv2.setNumThreads(1)
 except ImportError:  # pragma: no cover
   cv2 = None
-USE_CV2 = cv2 is not None
+USE_CV2 = cv2 is not None and not os.environ.get('CA2ST_NO_OPENCV')
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
