@@ -211,6 +211,7 @@ class Setup:
   train_step: Callable
   eval_step: Callable
   global_batch: int
+  trainable: Any
   total_steps: int
   warmup_steps: int
 
@@ -233,7 +234,11 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   def make_model():
     return model_lib.build(config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
-  trainable = model_lib.TRAINABLE
+  # 'reference': the paper's trained set (models.TRAINABLE); 'all': every parameter (from-scratch runs).
+  which = tcfg.get("trainable", "reference")
+  if which not in ("reference", "all"):
+    raise ValueError(f"config.train.trainable={which!r}: expected 'reference' or 'all'")
+  trainable = model_lib.TRAINABLE if which == "reference" else nnx.Param
   abs_model = nnx.eval_shape(make_model)
   graphdef, abs_params, abs_frozen, abs_rest = nnx.split(abs_model, trainable, nnx.Param, ...)
   depth = int(config.model.get("depth", 0))
@@ -343,7 +348,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
                state_shardings=state_sh, frozen_shardings=frozen_sh, rest_shardings=rest_sh,
                abstract_state=abs_state, abstract_frozen=abs_frozen, abstract_rest=abs_rest,
                init_fn=init_fn, train_step=train_step_jit, eval_step=eval_step_jit,
-               global_batch=global_batch, total_steps=durations["total_steps"],
+               global_batch=global_batch, trainable=trainable, total_steps=durations["total_steps"],
                warmup_steps=durations["warmup_steps"])
 
 
@@ -352,7 +357,9 @@ class Checkpointer:
 
   def __init__(self, workdir, setup: Setup, ckpt_cfg):
     self.setup = setup
-    self.save_frozen = bool(ckpt_cfg.get("save_frozen", True))
+    # The frozen experts are saved too (self-contained checkpoints) unless there are none.
+    self.save_frozen = bool(ckpt_cfg.get("save_frozen", True)) and bool(
+        jax.tree.leaves(setup.abstract_frozen))
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=int(ckpt_cfg.get("keep", 2)), create=True,
         enable_async_checkpointing=bool(ckpt_cfg.get("async", True)))
@@ -435,26 +442,22 @@ def _fmt_eta(seconds):
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _maybe_import_init(config, setup: Setup, state, frozen):
-  """config.init → the interop helper's torch import, when that module exists."""
+def _maybe_import_init(config, setup: Setup, state, frozen, rest=None):
+  """config.init (expert or whole-model PyTorch checkpoints) → the interop helper's importer."""
   init = config.get("init", None)
-  if not init or not any(init.get(k) for k in init.keys() if k != "strict"):
+  if not init or not any(isinstance(v, str) and v for v in init.values()):
     return state, frozen
-  try:
-    from ca2st_jax.checkpoints import torch_import  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise RuntimeError(f"config.init is set but ca2st_jax.checkpoints.torch_import is missing: {e}")
-  model = nnx.merge(setup.graphdef, state["params"], frozen, jax.tree.map(lambda x: x, init_rest(setup)))
-  torch_import.load_into(model, init)
-  _, params, frozen, _ = nnx.split(model, default_model_lib().TRAINABLE, nnx.Param, ...)
+  from ca2st_jax.checkpoints import torch_import  # pylint: disable=g-import-not-at-top
+  if rest is None:
+    rest = setup.init_fn()[2]
+  model = nnx.merge(setup.graphdef, jax.device_get(state["params"]), jax.device_get(frozen),
+                    jax.device_get(rest))
+  done = torch_import.load_into(model, init, config.model)
+  print(f"Initialised from config.init: {done}", flush=True)
+  _, params, frozen, _ = nnx.split(model, setup.trainable, nnx.Param, ...)
   params = jax.device_put(params, setup.state_shardings["params"])
   frozen = jax.device_put(frozen, setup.frozen_shardings)
-  state = dict(state, params=params, opt_state=jax.jit(setup.tx.init, out_shardings=setup.state_shardings["opt_state"])(params))
-  return state, frozen
-
-
-def init_rest(setup):  # pragma: no cover - used only by the import path
-  return setup.init_fn()[2]
+  return dict(state, params=params), frozen  # Adam moments start at zero either way
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train_and_eval",
@@ -489,7 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   elif mode == "eval":
     raise FileNotFoundError(f"--mode=eval: no checkpoint in {workdir}/ckpt")
   else:
-    state, frozen = _maybe_import_init(config, setup, state, frozen)
+    state, frozen = _maybe_import_init(config, setup, state, frozen, rest)
 
   def run_eval(step):
     res, (probs, labels, _, masks) = evaluate(setup, state, frozen, rest, source, with_map=with_map,

@@ -1,0 +1,103 @@
+"""After-training outputs of a run (configs/demo.py turns them on with config.post):
+report.png (loss curve, val top-1 curve, confusion matrix) and a PyTorch export of the final model."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def read_metrics(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def class_names(config, n):
+  if config.data.get("name", "") == "synthetic_av":
+    try:
+      from ca2st_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      if len(synthetic.CLASSES) == n:
+        return sorted(synthetic.CLASSES)  # the VGGSound builder's label order
+    except ImportError:
+      pass
+  return [str(i) for i in range(n)]
+
+
+def write_report(config, workdir, out_name="report.png"):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  recs = read_metrics(workdir)
+  train = [r for r in recs if r.get("split") == "train"]
+  val = [r for r in recs if r.get("split") == "val" and "top1" in r]
+  cm_path = os.path.join(workdir, "confusion_matrix.npy")
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+  ax = axes[0]
+  ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax2 = ax.twinx()
+  ax2.plot([r["step"] for r in val], [r["top1"] for r in val], "o-", color="C1", label="val top-1")
+  ax2.set_ylim(0, 1.02)
+  ax2.set_ylabel("val top-1")
+  ax.set_title("training curve")
+  ax.legend(loc="center left")
+  ax2.legend(loc="center right")
+  ax = axes[1]
+  if os.path.exists(cm_path):
+    cm = np.load(cm_path)
+    names = class_names(config, cm.shape[0])
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(cm.shape[0]):
+      for j in range(cm.shape[1]):
+        if cm[i, j]:
+          ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top1 = val[-1]["top1"] if val else float("nan")
+    ax.set_title(f"confusion matrix (val top-1 {top1:.3f})")
+  fig.tight_layout()
+  path = os.path.join(workdir, out_name)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def export_torch(config, workdir, config_args=()):
+  """Runs the interop helper's exporter (python -m ca2st_jax.tools.export_torch) on the workdir.
+
+  A subprocess, because that tool defines its own absl flags; `config_args` are this run's
+  --config / --config.x=y arguments so the exporter sees the same config.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("torch") is None:
+    print("PyTorch export skipped: torch is not installed", flush=True)
+    return None
+  if importlib.util.find_spec("ca2st_jax.tools.export_torch") is None:
+    print("PyTorch export skipped: ca2st_jax.tools.export_torch is not available", flush=True)
+    return None
+  out = os.path.join(workdir, "model_torch.pt")
+  cmd = [sys.executable, "-m", "ca2st_jax.tools.export_torch", *config_args,
+         f"--workdir={workdir}", f"--output={out}"]
+  r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if r.returncode:
+    print(f"PyTorch export failed ({' '.join(cmd)}):\n{r.stderr[-2000:]}", flush=True)
+    return None
+  print(f"PyTorch export: {out}", flush=True)
+  return out
+
+
+def run_post(config, workdir, config_args=()):
+  post = config.get("post", {}) or {}
+  if post.get("report", False):
+    print(f"report: {write_report(config, workdir)}", flush=True)
+  if post.get("export_torch", False):
+    export_torch(config, workdir, config_args)
