@@ -65,27 +65,34 @@ def shared_groups(model, model_config) -> dict[str, list[str]]:
   return out
 
 
-def model_from_workdir(config, workdir):
-  """The model at the latest checkpoint of a training workdir (the trainer's own restore)."""
+def model_from_workdir(config, workdir, setup=None):
+  """The model at the latest checkpoint of a training workdir (the trainer's own restore).
+
+  Only parameters are needed, so the non-parameter state (RNG streams) stays abstract and
+  nothing is initialised, unless the checkpoint lacks the frozen experts (save_frozen=False):
+  then they are rebuilt as training started them (fresh init + config.init imports).
+  """
   import ml_collections  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   try:
     from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise RuntimeError(f'--workdir needs ca2st_jax.train.trainer: {e}') from e
-  setup = trainer.build_setup(config)
+  if not os.path.isdir(os.path.join(workdir, 'ckpt')):
+    raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
+  setup = setup or trainer.build_setup(config)
   ckpt = trainer.Checkpointer(workdir, setup, config.get('ckpt', ml_collections.ConfigDict()))
   try:
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
-    state, frozen, rest = setup.init_fn()
-    restored, restored_frozen, _, _ = ckpt.restore(step)
-    if restored_frozen is None:  # checkpoints without the frozen experts: rebuild them from config.init
-      restored, restored_frozen = trainer._maybe_import_init(config, setup, restored, frozen)  # pylint: disable=protected-access
-    model = nnx.merge(setup.graphdef, restored['params'], restored_frozen, rest)
+    restored, frozen, _, _ = ckpt.restore(step)
+    if frozen is None:
+      state0, frozen0, rest0 = setup.init_fn()
+      _, frozen = trainer._maybe_import_init(config, setup, state0, frozen0, rest0)  # pylint: disable=protected-access
   finally:
     ckpt.close()
+  model = nnx.merge(setup.graphdef, restored['params'], frozen, setup.abstract_rest)
   print(f'restored {workdir}/ckpt step {step}', flush=True)
   return model
 
@@ -103,10 +110,11 @@ def fresh_model(config):
   return model
 
 
-def export(config, output, workdir=None, dtype='float32') -> OrderedDict:
-  """Writes the export and returns the arrays written (float32, before the dtype cast)."""
+def export(config, output, workdir=None, dtype='float32', setup=None) -> OrderedDict:
+  """Writes the export and returns the arrays written (float32, before the dtype cast).
+  `setup`: an already built trainer Setup for `config` (saves rebuilding it)."""
   from ca2st_jax.checkpoints import torch_io  # pylint: disable=import-outside-toplevel
-  model = model_from_workdir(config, workdir) if workdir else fresh_model(config)
+  model = model_from_workdir(config, workdir, setup) if workdir else fresh_model(config)
   arrays = export_arrays(model, config.model)
   torch_io.write_tensors(output, arrays, dtype=dtype, shared=shared_groups(model, config.model))
   return arrays
