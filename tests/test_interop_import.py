@@ -214,6 +214,15 @@ def test_open_clip_state_dict_with_wrappers(tmp_path):
   check_clip_loaded(model, {k: v.numpy() for k, v in clip.visual.state_dict().items()})
 
 
+def test_clip_into_cava_also_fills_audio_ln_post(tmp_path):
+  cfg = tiny('cava', mlp_dim=2 * WIDTH)
+  clip = randomise_torch(_OpenAIClip(cfg))
+  model = build(cfg)
+  torch_import.import_expert(model, cfg, 'clip', {k: v for k, v in clip.state_dict().items()})
+  check_clip_loaded(model, {k: v.numpy() for k, v in clip.visual.state_dict().items()})
+  np.testing.assert_array_equal(np.asarray(model.audio_ln_post.scale[...]), clip.visual.ln_post.weight.detach().numpy())
+
+
 def vmae_reference(cfg, seed=3):
   ref = reference_of(torch_mapping_randomised(cfg, seed), cfg)
   return OrderedDict((k, v) for k, v in ref.items() if k.startswith(('patch_embed.', 'blocks.'))

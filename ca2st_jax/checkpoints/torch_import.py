@@ -388,6 +388,10 @@ def import_expert(model, cfg, kind: str, path_or_state, *, ast_pos_mode: str = '
     raise CheckpointError(f'{source}: model {cfg.name!r} has no {EXPERT_MODULES[kind]} ({kind}) expert')
   if kind == 'clip':
     ref = clip_to_reference(sd, source)
+    if any(e.ref == 'audio_ln_post.weight' for e in entries) and 'clip_ln_post.weight' in ref:
+      # The CAVA/CA²ST authors' loader also copies CLIP's ln_post into the (unused) audio_ln_post.
+      ref['audio_ln_post.weight'] = ref['clip_ln_post.weight']
+      ref['audio_ln_post.bias'] = ref['clip_ln_post.bias']
   elif kind == 'videomae':
     ref = videomae_to_reference(sd, source, encoder_norm_to_fc_norm=cfg.name == 'ca2st')
     shapes = torch_mapping.reference_shapes(entries, torch_mapping.jax_shapes(model))
