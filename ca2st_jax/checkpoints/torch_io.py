@@ -75,6 +75,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     }
     if (module, name) in allowed:
       return allowed[(module, name)]
+    if module == 'torch.jit._pickle':  # TorchScript's typed-container helpers: pass the value through
+      return lambda value, *_: value
     if module == 'torch' and name.endswith('Storage'):
       storage = getattr(torch, name, None)
       if storage is not None:
