@@ -132,3 +132,45 @@ def test_train_randomness_from_seed(data_dir):
   c = next(data.make_source(make_config(data_dir, seed=2)).train_iterator())
   np.testing.assert_array_equal(a['video'], b['video'])
   assert not np.array_equal(a['video'], c['video'])
+
+
+def test_missing_audio_gives_silence_and_flag_and_audio_only_gives_zero_video():
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import decode  # pylint: disable=g-import-not-at-top
+  jpeg = decode.encode_jpeg(Image.fromarray(np.full((24, 32, 3), 90, np.uint8)))
+  opts = pipeline.ClipOptions(num_frames=4, crop_size=16, eval_short_side=16, num_mel_bins=8,
+                              spectrogram_length=20, frame_stride=1)
+  no_audio = dict(frames=[jpeg] * 6, fps=np.float32(6), audio=np.zeros(0, np.int16),
+                  audio_rate=0, has_audio=False, label=3)
+  out = pipeline.train_clip(no_audio, np.random.default_rng(0), opts)
+  assert out['has_audio'] == False and out['video'].shape == (4, 16, 16, 3)  # noqa: E712
+  np.testing.assert_allclose(out['audio'], 4.2677393 / (2 * 4.5689974))
+  assert out['audio_times'].shape == (3, 2) and (out['audio_times'][0] == 0).all()
+  pcm = (np.sin(np.arange(16000) / 5.0) * 8000).astype(np.int16)
+  audio_only = dict(frames=[], fps=np.float32(0), audio=pcm, audio_rate=16000, has_audio=True,
+                    label=1)
+  out = pipeline.eval_clip(audio_only, 0, 0, opts, 1, 1)
+  assert out['has_audio'] and (out['video'] == 0).all() and out['video'].shape == (4, 16, 16, 3)
+
+
+def test_ek100_verb_noun_batches_with_tsn(tmp_path):
+  import test_data_builders as tb  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import builders  # pylint: disable=g-import-not-at-top
+  raw = tmp_path / 'raw'
+  tb._video(raw / 'P01_01.MP4', n=48, fps=8)
+  hdr = ('narration_id,participant_id,video_id,narration_timestamp,start_timestamp,'
+         'stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class\n')
+  rows = ''.join(f'P01_01_{i},P01,P01_01,00:00:00.00,00:00:0{i}.00,00:00:0{i + 2}.00,0,0,n,v,'
+                 f'{i},n,{10 + i}\n' for i in range(3))
+  (raw / 'EPIC_100_train.csv').write_text(hdr + rows)
+  (raw / 'EPIC_100_validation.csv').write_text(hdr + rows)
+  b = tb._build(builders.Ek100, raw, tmp_path)
+  cfg = make_config('', dataset_dir=str(b.data_dir), sampling='tsn', audio=False,
+                    eval_split='validation', batch_size=3, eval_batch_size=3)
+  src = data.make_source(cfg)
+  batch = next(src.train_iterator())
+  assert set(batch) == {'video', 'verb', 'noun'} and batch['video'].shape == (3, 8, 32, 32, 3)
+  assert sorted(batch['noun'] - batch['verb']) == [10, 10, 10]
+  assert src.num_classes() == {'verb': 97, 'noun': 300}
+  ev = list(src.eval_iterator())
+  assert sum(int(e['mask'].sum()) for e in ev) == 3 * 6
