@@ -109,14 +109,15 @@ def test_shared_projections_are_one_tensor():
     torch_mapping.to_jax(torch_mapping.model_table(model, cfg), bad, torch_mapping.jax_shapes(model))
 
 
-def read_tsv(name):
+def read_tsv(name, with_flags=False):
   rows = []
   with open(os.path.join(REFERENCE, name)) as f:
     for line in f:
       if line.startswith('#'):
         continue
-      key, shape, _ = line.rstrip('\n').split('\t')
-      rows.append((key, tuple(int(x) for x in shape.strip('()').split(',') if x.strip())))
+      key, shape, flag = line.rstrip('\n').split('\t')
+      shape = tuple(int(x) for x in shape.strip('()').split(',') if x.strip())
+      rows.append((key, shape, flag == 'T') if with_flags else (key, shape))
   return rows
 
 
@@ -154,3 +155,7 @@ def test_export_keys_and_shapes_match_reference_at_base_size(config_name, tsv, f
   exported = [(k, shapes[k]) for k in order]
   assert set(order) == set(shapes)
   assert exported == read_tsv(tsv)
+  # The reference's trained/frozen split is the JAX model's TRAINABLE filter, name by name.
+  trained = {key: flag for key, _, flag in read_tsv(tsv, with_flags=True)}
+  wrong = [e.ref for e in entries if models.is_trainable(tuple(e.jax.split('/'))) != trained[e.ref]]
+  assert not wrong, wrong[:10]
