@@ -240,3 +240,25 @@ def test_bad_config_names_field(field, value, message):
 def test_unknown_variant():
   with pytest.raises(ValueError, match='variant'):
     config_lib.parse_variant('huge')
+
+
+@pytest.mark.parametrize('name', ['cast', 'ca2st'])
+def test_remat_same_values_and_gradients(name):
+  batch = inputs(tiny(name))
+  results = []
+  for remat in ('none', 'full', 'dots'):
+    model = models.build(tiny(name, remat=remat, audio_exchange_start=1), rngs=nnx.Rngs(0))
+    randomize(model)
+    graphdef, trainable, rest = nnx.split(model, models.TRAINABLE, ...)
+
+    @jax.jit
+    def loss(trainable, rest):
+      logits = nnx.merge(graphdef, trainable, rest)(**batch)['label']
+      return jnp.sum(logits ** 2)
+
+    results.append(jax.value_and_grad(loss)(trainable, rest))
+    primitives = str(jax.make_jaxpr(jax.grad(loss))(trainable, rest))
+    assert ('checkpoint' in primitives or 'remat' in primitives) == (remat != 'none')
+  for value, grads in results[1:]:
+    np.testing.assert_allclose(value, results[0][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, results[0][1])

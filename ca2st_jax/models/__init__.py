@@ -18,6 +18,8 @@ def check_config(cfg):
     fail('name', f'unknown model, expected one of {NAMES}')
   if cfg.dtype not in ('float32', 'bfloat16'):
     fail('dtype', "expected 'float32' or 'bfloat16'")
+  if cfg.remat not in ('none', 'full', 'dots'):
+    fail('remat', "expected 'none', 'full' or 'dots'")
   for field in ('width', 'depth', 'num_heads', 'mlp_dim', 'adapter_dim', 'bottleneck_dim'):
     if int(cfg[field]) <= 0:
       fail(field, 'must be positive')

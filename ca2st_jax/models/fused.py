@@ -4,6 +4,7 @@ The experts run side by side, block by block: block i of every expert runs insid
 layer i, whose adapters and B-CA exchanges live in `self.layers[i]`. The experts' own blocks
 stay inside the experts, so `model.spatial(video)` is the frozen CLIP tower run alone.
 """
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -24,6 +25,19 @@ def drop_path_rates(cfg):
 
 def dtype_of(cfg):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[cfg.dtype]
+
+
+# What a rematerialised layer keeps for the backward pass: nothing but its inputs ('full'), or
+# also the outputs of its weight matmuls ('dots', cheaper recompute, more memory).
+REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def run_layer(remat: str, layer, *args, deterministic: bool):
+  """layer(*args) as is, or under nnx.remat so its activations are recomputed in the backward pass."""
+  call = lambda layer, *args: layer(*args, deterministic=deterministic)
+  if remat != 'none':
+    call = nnx.remat(call, policy=REMAT_POLICIES[remat])
+  return call(layer, *args)
 
 
 def mlp_step(block, adapter, drop_path, x, deterministic):
@@ -70,6 +84,7 @@ class CAST(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
+    self.remat = cfg.remat
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -92,8 +107,8 @@ class CAST(nnx.Module):
     temporal = self.temporal.embed(video)
     for layer, spatial_block, temporal_block in zip(
         self.layers, self.spatial.blocks, self.temporal.blocks):
-      spatial, temporal = layer(spatial_block, temporal_block, spatial, temporal,
-                                deterministic=deterministic)
+      spatial, temporal = run_layer(self.remat, layer, spatial_block, temporal_block, spatial,
+                                    temporal, deterministic=deterministic)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
@@ -154,6 +169,7 @@ class CAVA(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
+    self.remat = cfg.remat
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs, ln_post_eps=1e-6)
@@ -176,8 +192,8 @@ class CAVA(nnx.Module):
     audio_tokens = self.audio.embed(audio)
     spatial = self.spatial.embed(video)
     for layer, audio_block, spatial_block in zip(self.layers, self.audio.blocks, self.spatial.blocks):
-      audio_tokens, spatial = layer(audio_block, spatial_block, audio_tokens, spatial,
-                                    audio_time, video_time, deterministic=deterministic)
+      audio_tokens, spatial = run_layer(self.remat, layer, audio_block, spatial_block, audio_tokens,
+                                        spatial, audio_time, video_time, deterministic=deterministic)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
@@ -268,6 +284,7 @@ class CA2ST(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
+    self.remat = cfg.remat
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
@@ -292,8 +309,9 @@ class CA2ST(nnx.Module):
     audio_tokens = self.audio.embed(audio)
     for layer, *blocks in zip(self.layers, self.spatial.blocks, self.temporal.blocks,
                               self.audio.blocks):
-      spatial, temporal, audio_tokens = layer(blocks, spatial, temporal, audio_tokens,
-                                              audio_time, video_time, deterministic=deterministic)
+      spatial, temporal, audio_tokens = run_layer(
+          self.remat, layer, tuple(blocks), spatial, temporal, audio_tokens, audio_time, video_time,
+          deterministic=deterministic)
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
