@@ -174,3 +174,18 @@ def test_ek100_verb_noun_batches_with_tsn(tmp_path):
   assert src.num_classes() == {'verb': 97, 'noun': 300}
   ev = list(src.eval_iterator())
   assert sum(int(e['mask'].sum()) for e in ev) == 3 * 6
+
+
+def test_train_hosts_read_disjoint_examples(data_dir):
+  cfg = make_config(data_dir, randaugment='', spec_augment=False)
+  cfg.model.spectrogram_length = 256                       # > the clip: padded, no random crop
+  src = data.make_source(cfg)
+  opts, (split_src, _) = src.opts, pipeline.open_split(src.dir, 'train')
+  seen = []
+  for host in range(2):
+    it = iter(pipeline.train_dataset(split_src, opts, batch_size=3, seed=0, host_index=host,
+                                     host_count=2))
+    batches = [next(it) for _ in range(2)]                 # 2 hosts x 2 x 3 = one epoch of 12
+    # uncropped, unaugmented audio is a deterministic identity of the example
+    seen += [a.tobytes() for b in batches for a in b['audio']]
+  assert len(set(seen)) == 12
