@@ -57,7 +57,7 @@ def _time(fn, n):
 
 def profile(source, n=8):
   """Seconds per train clip spent in each stage (one process)."""
-  from ca2st_jax.data import audio as audio_lib, decode, pipeline, sampling, transforms  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from ca2st_jax.data import decode, pipeline, transforms  # pylint: disable=g-import-not-at-top
   opts = source.opts
   rec = source._train_src[0]  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
@@ -76,7 +76,6 @@ def profile(source, n=8):
   if opts.with_audio:
     out['audio_fbank'] = _time(lambda: pipeline._audio(rec, opts, 0.5, np.random.default_rng(2)), n)  # pylint: disable=protected-access
   out['whole_clip'] = _time(lambda: pipeline.train_clip(rec, np.random.default_rng(3), opts), n)
-  del sampling, audio_lib
   return {k: round(v * 1000, 2) for k, v in out.items()}   # milliseconds
 
 

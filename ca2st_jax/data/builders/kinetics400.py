@@ -12,7 +12,6 @@ Classes: the sorted label names of train.csv (Kinetics' standard alphabetical in
 from __future__ import annotations
 
 import os
-import pathlib
 
 from ca2st_jax.data.builders import base
 
