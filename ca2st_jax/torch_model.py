@@ -58,7 +58,7 @@ class Spec:
   # CAVA / CA²ST time encoding (SPEC §6).
   time_encoding: bool = True
   split_time_mlp: bool = True
-  learned_positions: bool = False   # the reference's use_stpos; not implemented (its default is off)
+  learned_positions: bool = False   # the reference's use_stpos (learned positions in the audio exchanges)
 
   @property
   def grid(self) -> int:
@@ -124,8 +124,6 @@ def spec_from_config(model_config: Any) -> Spec:
   spec = Spec(**values)
   if spec.name not in MODEL_NAMES:
     raise ValueError(f'unknown model name {spec.name!r}; expected one of {MODEL_NAMES}')
-  if spec.learned_positions:
-    raise NotImplementedError('learned_positions (use_stpos) is not implemented in the PyTorch model')
   if spec.exchange not in ('seq', 'add'):
     raise ValueError(f"exchange must be 'seq' or 'add', got {spec.exchange!r}")
   return spec
@@ -240,10 +238,11 @@ class XAttn(nn.Module):
   parameters (CAST's windowed pairs) are registered first, as in the reference.
   """
 
-  def __init__(self, dim, heads, names, pos=()):
+  def __init__(self, dim, heads, names, pos=(), stpos=None):
     super().__init__()
     self.heads = heads
     self.names = names
+    self.stpos = stpos  # use_stpos: names of (audio space, audio time, visual space, visual time)
     for pname, n in pos:
       self.register_parameter(pname, nn.Parameter(torch.zeros(n, dim)))
     qn, kvn, pn = names
@@ -288,30 +287,45 @@ def s2t_window(xa: XAttn, s, t, num_slots):
   return xa.attend(tq, sk).reshape(b, -1, d)
 
 
-def _clip_patches(s, b, te_v):
-  """CLIP patch tokens of all frames, [B, T*P, d], plus the video time encoding."""
-  bt, n1, d = s.shape
-  pat = s[:, 1:].reshape(b, bt // b, n1 - 1, d)
+def _stpos(xa: XAttn, side):
+  """use_stpos additions: audio [Na, d] (space + its one time row); visual [T, P, d]."""
+  if xa.stpos is None:
+    return None
+  space, time = (xa.stpos[0], xa.stpos[1]) if side == 'audio' else (xa.stpos[2], xa.stpos[3])
+  space, time = getattr(xa, space), getattr(xa, time)
+  return space + time if side == 'audio' else time[:, None] + space[None]
+
+
+def _visual_grid(pat, te_v, xa):
+  """[B, T, P, d] visual patch tokens plus time encodings and learned positions."""
   if te_v is not None:
     pat = pat + te_v[:, :, None]
-  return pat.reshape(b, -1, d)
+  add = _stpos(xa, 'visual')
+  return pat if add is None else pat + add
 
 
-def _audio_patches(a, te_a):
+def _clip_patches(s, b, te_v, xa):
+  """CLIP patch tokens of all frames, [B, T*P, d], time-major."""
+  bt, n1, d = s.shape
+  return _visual_grid(s[:, 1:].reshape(b, bt // b, n1 - 1, d), te_v, xa).reshape(b, -1, d)
+
+
+def _audio_patches(a, te_a, xa):
   pat = a[:, 2:]
-  return pat if te_a is None else pat + te_a
+  if te_a is not None:
+    pat = pat + te_a
+  add = _stpos(xa, 'audio')
+  return pat if add is None else pat + add
 
 
-def _vmae_tokens(t, num_slots, te_v):
-  if te_v is None:
-    return t
+def _vmae_tokens(t, num_slots, te_v, xa):
   b, n, d = t.shape
-  return (t.reshape(b, num_slots, n // num_slots, d) + te_v[:, :, None]).reshape(b, n, d)
+  return _visual_grid(t.reshape(b, num_slots, n // num_slots, d), te_v, xa).reshape(b, n, d)
 
 
 def audio_queries_clip(xa: XAttn, a, s, te):
   """Audio patches attend to all CLIP patch tokens; cls/dist rows pass through."""
-  out = xa.attend(_audio_patches(a, te[0]), _clip_patches(s, a.shape[0], te[1]))
+  out = xa.attend(_audio_patches(a, te[0], xa), _clip_patches(s, a.shape[0], te[1], xa))
   return torch.cat([a[:, :2], out], dim=1)
 
 
@@ -319,17 +333,39 @@ def clip_queries_audio(xa: XAttn, s, a, te):
   """CLIP patches (all frames) attend to all audio patches; class row passes through."""
   b = a.shape[0]
   bt, n1, d = s.shape
-  out = xa.attend(_clip_patches(s, b, te[1]), _audio_patches(a, te[0]))
+  out = xa.attend(_clip_patches(s, b, te[1], xa), _audio_patches(a, te[0], xa))
   return torch.cat([s[:, :1], out.reshape(bt, n1 - 1, d)], dim=1)
 
 
 def audio_queries_vmae(xa: XAttn, a, t, te, num_slots):
-  out = xa.attend(_audio_patches(a, te[0]), _vmae_tokens(t, num_slots, te[1]))
+  out = xa.attend(_audio_patches(a, te[0], xa), _vmae_tokens(t, num_slots, te[1], xa))
   return torch.cat([a[:, :2], out], dim=1)
 
 
 def vmae_queries_audio(xa: XAttn, t, a, te, num_slots):
-  return xa.attend(_vmae_tokens(t, num_slots, te[1]), _audio_patches(a, te[0]))
+  return xa.attend(_vmae_tokens(t, num_slots, te[1], xa), _audio_patches(a, te[0], xa))
+
+
+def _audio_xattn(spec: Spec, names, visual: str, order: str):
+  """An audio<->visual attention core, with use_stpos positions when configured.
+
+  visual: 'clip' | 'vmae' (the reference's prefix of the visual side's positions; in CAVA the
+  audio side is also called 'clip' and the CLIP side 'vmae'). order: 'cava' or 'ca2st', the
+  reference's registration order of the four position tensors.
+  """
+  d, h = spec.bottleneck_dim, spec.num_heads
+  if not spec.learned_positions:
+    return XAttn(d, h, names)
+  f, t = spec.audio_grid
+  na, p, slots = f * t, spec.num_patches, spec.time_slots
+  if order == 'cava':  # audio = clip_*, CLIP = vmae_*
+    pos = (('clip_space_pos', na), ('vmae_space_pos', p), ('clip_temporal_pos', 1), ('vmae_temporal_pos', slots))
+    roles = ('clip_space_pos', 'clip_temporal_pos', 'vmae_space_pos', 'vmae_temporal_pos')
+  else:
+    pos = ((f'{visual}_space_pos', p), ('audio_space_pos', na), (f'{visual}_temporal_pos', slots),
+           ('audio_temporal_pos', 1))
+    roles = ('audio_space_pos', 'audio_temporal_pos', f'{visual}_space_pos', f'{visual}_temporal_pos')
+  return XAttn(d, h, names, pos=pos, stpos=roles)
 
 
 class BCast(nn.Module):
@@ -350,8 +386,9 @@ class BCast(nn.Module):
       self.r2l_cross = XAttn(d, h, ('t2s_q', 't2s_kv', 't2s_proj'),
                              pos=(('clip_time_pos', spec.time_slots), ('vmae_time_pos', spec.time_slots)))
     else:
-      self.l2r_cross = XAttn(d, h, ('q', 'kv', 'proj'))
-      self.r2l_cross = XAttn(d, h, ('q', 'kv', 'proj'))
+      visual = 'clip' if kind == 's-audio' else 'vmae'
+      self.l2r_cross = _audio_xattn(spec, ('q', 'kv', 'proj'), visual, 'ca2st')
+      self.r2l_cross = _audio_xattn(spec, ('q', 'kv', 'proj'), visual, 'ca2st')
     self.cross_r_up = nn.Linear(d, w)
     self.cross_l_up = nn.Linear(d, w)
 
@@ -448,8 +485,8 @@ class CavaBlock(nn.Module):
     self.cross_t_down = nn.Linear(w, d)
     self.ln_s_cross = _ln(d, 1e-6)
     self.ln_t_cross = _ln(d, 1e-6)
-    self.t2s_cross = XAttn(d, h, ('t2s_q', 't2s_kv', 't2s_proj'))
-    self.s2t_cross = XAttn(d, h, ('s2t_q', 's2t_kv', 't2s_proj'))
+    self.t2s_cross = _audio_xattn(spec, ('t2s_q', 't2s_kv', 't2s_proj'), 'vmae', 'cava')
+    self.s2t_cross = _audio_xattn(spec, ('s2t_q', 's2t_kv', 't2s_proj'), 'vmae', 'cava')
     self.cross_s_up = nn.Linear(d, w)
     self.cross_t_up = nn.Linear(d, w)
     self.ast_norm2 = _ln(w, 1e-6)

@@ -60,6 +60,8 @@ CASES = [
     ('cava', {}),
     ('ca2st', {}),  # seq, shared projections, audio pairs from layer 1 of 2
     ('ca2st', dict(exchange_method='add', share_exchange_projections=False, audio_exchange_start=0)),
+    ('cava', dict(learned_positions=True, split_time_mlp=False)),
+    ('ca2st', dict(learned_positions=True, time_encoding=False)),
 ]
 
 

@@ -188,9 +188,11 @@ def _time_encoding_rules(b: _Builder, cfg, nested):
 
 
 def _global_exchange(b: _Builder, ref, jax, layers, *, audio_side, visual_side, audio_queries,
-                     visual_queries, names):
+                     visual_queries, names, positions=None):
   """A global audio<->visual B-CA. `*_side` = (down, norm, up) reference names of each side;
-  `*_queries` = reference names of the attention whose queries are audio / visual tokens."""
+  `*_queries` = reference names of the attention whose queries are audio / visual tokens;
+  positions: with learned_positions (use_stpos), the reference names of (audio space, audio time,
+  visual space, visual time) in both attentions."""
   for side, jside in ((audio_side, 'audio'), (visual_side, 'visual')):
     down, norm, up = side
     b.add(f'{ref}.{down}', f'{jax}/{jside}_down', 'linear', 'fusion', layers=layers)
@@ -198,11 +200,15 @@ def _global_exchange(b: _Builder, ref, jax, layers, *, audio_side, visual_side, 
     b.add(f'{ref}.{up}', f'{jax}/{jside}_up', 'linear', 'fusion', layers=layers)
   _xattn(b, f'{ref}.{audio_queries}', f'{jax}/audio_from_visual', names[0], layers)
   _xattn(b, f'{ref}.{visual_queries}', f'{jax}/visual_from_audio', names[1], layers)
+  if positions:
+    for attn, jattn in ((audio_queries, 'audio_from_visual'), (visual_queries, 'visual_from_audio')):
+      for name, jpos in zip(positions, ('0/space', '0/time', '1/space', '1/time')):
+        b.add(f'{ref}.{attn}.{name}', f'{jax}/{jattn}_positions/{jpos}', 'param', 'fusion', layers=layers)
 
 
 def _cava_table(cfg) -> list[Entry]:
-  """CAVA. Reference naming quirk: `S_*`, `*_s_*`, `noun_*` are AUDIO; `T_*`, `*_t_*`, `verb_*` CLIP."""
-  _no_learned_positions(cfg)
+  """CAVA. Reference naming quirk: `S_*`, `*_s_*`, `noun_*` are AUDIO; `T_*`, `*_t_*`, `verb_*` CLIP
+  (and with use_stpos `clip_*_pos` are the audio tokens' positions, `vmae_*_pos` CLIP's)."""
   b, layers = _Builder(), range(cfg.depth)
   _ast_rules(b, layers)
   _clip_rules(b, layers)
@@ -215,7 +221,9 @@ def _cava_table(cfg) -> list[Entry]:
                    audio_side=('cross_s_down', 'ln_s_cross', 'cross_s_up'),
                    visual_side=('cross_t_down', 'ln_t_cross', 'cross_t_up'),
                    audio_queries='t2s_cross', visual_queries='s2t_cross',
-                   names=(('t2s_q', 't2s_kv', 't2s_proj'), ('s2t_q', 's2t_kv', 't2s_proj')))
+                   names=(('t2s_q', 't2s_kv', 't2s_proj'), ('s2t_q', 's2t_kv', 't2s_proj')),
+                   positions=('clip_space_pos', 'clip_temporal_pos', 'vmae_space_pos', 'vmae_temporal_pos')
+                   if cfg.get('learned_positions', False) else None)
   b.add('audio_ln_post', 'audio_ln_post', 'norm', 'fusion')
   _adapter(b, 'noun_last_Adapter', 'audio_last_adapter')
   _adapter(b, 'verb_last_Adapter', 'spatial_last_adapter')
@@ -226,7 +234,6 @@ def _cava_table(cfg) -> list[Entry]:
 def _ca2st_table(cfg) -> list[Entry]:
   """CA²ST. B_CAST modules name their sides l/r: s_t (l CLIP, r VideoMAE), s_audio (l CLIP,
   r audio), t_audio (l VideoMAE, r audio); l2r_cross has the r side's queries."""
-  _no_learned_positions(cfg)
   b, layers = _Builder(), range(cfg.depth)
   audio_layers = range(cfg.audio_exchange_start, cfg.depth)
   _ast_rules(b, layers)
@@ -247,12 +254,15 @@ def _ca2st_table(cfg) -> list[Entry]:
          pos=(('clip_space_pos', 'key_pos'), ('vmae_space_pos', 'query_pos')))
   _xattn(b, f'{ref}.r2l_cross', f'{st}/spatial_from_temporal', ('t2s_q', 't2s_kv', 't2s_proj'), layers,
          pos=(('clip_time_pos', 'query_pos'), ('vmae_time_pos', 'key_pos')))
-  for pair, jax in (('s_audio_b_cast', 'audio_spatial'), ('t_audio_b_cast', 'audio_temporal')):
+  for pair, jax, vis in (('s_audio_b_cast', 'audio_spatial', 'clip'),
+                         ('t_audio_b_cast', 'audio_temporal', 'vmae')):
     _global_exchange(b, f'blocks.{{i}}.{pair}', f'layers/{{i}}/{jax}', audio_layers,
                      audio_side=('cross_r_down', 'ln_r_cross', 'cross_r_up'),
                      visual_side=('cross_l_down', 'ln_l_cross', 'cross_l_up'),
                      audio_queries='l2r_cross', visual_queries='r2l_cross',
-                     names=(('q', 'kv', 'proj'), ('q', 'kv', 'proj')))
+                     names=(('q', 'kv', 'proj'), ('q', 'kv', 'proj')),
+                     positions=('audio_space_pos', 'audio_temporal_pos', f'{vis}_space_pos', f'{vis}_temporal_pos')
+                     if cfg.get('learned_positions', False) else None)
   b.add('audio_ln_post', 'audio_ln_post', 'norm', 'fusion')
   _adapter(b, 'noun_last_Adapter', 'spatial_last_adapter')
   _adapter(b, 'verb_last_Adapter', 'temporal_last_adapter')
@@ -260,12 +270,6 @@ def _ca2st_table(cfg) -> list[Entry]:
   b.add('audio_verb_last_Adapter.c_proj', 'audio_last_adapter/fc2', 'linear', 'fusion')
   b.add('head', 'head', 'linear', 'fusion')
   return b.entries
-
-
-def _no_learned_positions(cfg):
-  if cfg.get('learned_positions', False):
-    raise NotImplementedError('no PyTorch mapping for learned_positions=True (use_stpos); the '
-                              'reference runs have it off')
 
 
 TABLES: dict[str, Callable] = {
