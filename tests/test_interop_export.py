@@ -66,6 +66,9 @@ def test_safetensors_in_half_precision_round_trips(tmp_path, dtype):
   for k, v in arrays.items():
     np.testing.assert_array_equal(back[k], sd[k].float().numpy(), err_msg=k)
     np.testing.assert_allclose(back[k], v, rtol=1e-2, atol=1e-2 * (np.abs(v).max() + 1e-6))
+  # The PyTorch model reads the same file (strict).
+  tmodel = torch_model.from_checkpoint(out, config.model)
+  np.testing.assert_array_equal(tmodel.head.weight.detach().numpy(), sd['head.weight'].float().numpy())
 
 
 def test_export_from_a_training_workdir(tmp_path):

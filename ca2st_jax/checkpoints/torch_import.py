@@ -24,6 +24,7 @@ any other key the converter does not know is an error.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -379,8 +380,9 @@ def import_expert(model, cfg, kind: str, path_or_state, *, ast_pos_mode: str = '
   """
   if kind not in EXPERT_GROUPS:
     raise ValueError(f'unknown expert {kind!r}; expected one of {sorted(EXPERT_GROUPS)}')
-  source = path_or_state if isinstance(path_or_state, str) else f'{kind} state_dict'
-  sd = read_tensors(path_or_state) if isinstance(path_or_state, str) else path_or_state
+  is_path = isinstance(path_or_state, (str, os.PathLike))
+  source = os.fspath(path_or_state) if is_path else f'{kind} state_dict'
+  sd = read_tensors(path_or_state) if is_path else path_or_state
   entries = torch_mapping.model_table(model, cfg)
   group = EXPERT_GROUPS[kind]
   required = [e.ref for e in entries if e.group == group]
@@ -413,9 +415,9 @@ def import_expert(model, cfg, kind: str, path_or_state, *, ast_pos_mode: str = '
 def import_checkpoint(model, cfg, path_or_state, container: str | None = None) -> list[str]:
   """Loads a whole model from a reference-layout checkpoint (official CAST DeepSpeed / 'model'
   checkpoints, the authors' CAVA / CA²ST state_dicts, or our own export), strictly."""
-  source = path_or_state if isinstance(path_or_state, str) else 'state_dict'
-  sd = (read_tensors(path_or_state, container) if isinstance(path_or_state, str)
-        else path_or_state)
+  is_path = isinstance(path_or_state, (str, os.PathLike))
+  source = os.fspath(path_or_state) if is_path else 'state_dict'
+  sd = read_tensors(path_or_state, container) if is_path else path_or_state
   sd = strip_prefixes(sd, ('module.',))
   entries = torch_mapping.model_table(model, cfg)
   arrays = torch_mapping.to_jax(entries, _as_numpy(sd), torch_mapping.jax_shapes(model), source=source)
