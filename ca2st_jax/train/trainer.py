@@ -219,7 +219,8 @@ class Setup:
 def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None) -> Setup:
   model_lib = model_lib or default_model_lib()
   tcfg = config.train
-  mesh = mesh_lib.make_mesh(config.get("mesh"), devices)
+  mesh_cfg = config.get("mesh", None) or tcfg.get("mesh", None) or {}
+  mesh = mesh_lib.make_mesh(mesh_cfg, devices)
   global_batch = int(tcfg.batch_size)
   shards = mesh_lib.num_batch_shards(mesh)
   accum = int(tcfg.get("accum_steps", 1))
@@ -248,7 +249,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
       depth=depth)
 
   rules = tuple(config.get("sharding_rules", None) or mesh_lib.DEFAULT_RULES)
-  fsdp_min = int(config.get("mesh", {}).get("fsdp_min_size", 2 ** 14))
+  fsdp_min = int(mesh_cfg.get("fsdp_min_size", 2 ** 14))
 
   def init_state():
     model = make_model()
@@ -476,7 +477,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   with_map = bool(ecfg.get("with_map", False))
   best_metric = ecfg.get("best_metric", "top1")
   writer = MetricWriter(workdir)
-  ckpt = Checkpointer(workdir, setup, config.get("ckpt", ml_collections.ConfigDict()))
+  ckpt = Checkpointer(workdir, setup, config.get("ckpt", None) or ml_collections.ConfigDict(dict(
+      keep=tcfg.get("keep_ckpts", 2), save_frozen=tcfg.get("save_frozen", True))))
   total = setup.total_steps
   logging.info("mesh %s; global batch %d; %d steps (%d warm-up)", dict(setup.mesh.shape),
                setup.global_batch, total, setup.warmup_steps)
