@@ -182,6 +182,13 @@ def test_epic_sounds_hdf5_24k(tmp_path):
   b2 = _build(builders.EpicSounds, raw, tmp_path / 'audio_only', with_video=False)
   e = _all(b2, 'validation')['P01_01_2']
   assert len(e['frames']) == 0 and e['audio'].size == 8000 and e['has_audio']
+  # Without the HDF5 the audio comes from the EK100 video's own track (440 Hz there, 300 here).
+  (raw / 'EPIC-KITCHENS-100.hdf5').rename(tmp_path / 'moved.hdf5')
+  b3 = _build(builders.EpicSounds, raw, tmp_path / 'from_video')
+  e = _all(b3, 'train')['P01_01_1']
+  assert abs(e['audio'].size - 40000) < 400 and len(e['frames']) == 20
+  spectrum = np.abs(np.fft.rfft(e['audio'].astype(np.float64)))
+  assert abs(np.argmax(spectrum) * 16000 / e['audio'].size - 440) < 5
 
 
 def test_vggsound_layout_via_synthetic_with_bad_rows(tmp_path):

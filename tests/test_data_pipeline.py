@@ -124,6 +124,12 @@ def test_multiprocess_workers_match_in_process(data_dir):
     a, b = next(ref), next(mp)
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+  state = json.loads(json.dumps(mp.get_state()))          # the multiprocess state resumes too
+  resumed = data.make_source(make_config(data_dir, num_workers=2)).train_iterator()
+  resumed.set_state(state)
+  a, b = next(ref), next(resumed)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_train_randomness_from_seed(data_dir):
