@@ -12,8 +12,6 @@ from flax import nnx
 from ca2st_jax import models
 from ca2st_jax import torch_model
 from ca2st_jax.checkpoints import torch_import
-from ca2st_jax.checkpoints import torch_io
-from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.tools import export_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,7 +1,6 @@
 """Importers: Hugging Face models saved as users get them (features must match), tiny
 checkpoints in each real layout, and clear errors for bad inputs."""
 import argparse
-import os
 from collections import OrderedDict
 
 import ml_collections

@@ -3,8 +3,6 @@ export key lists at base size against ../shared/reference/*.tsv."""
 import importlib.util
 import os
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
