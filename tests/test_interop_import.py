@@ -121,7 +121,8 @@ def test_hf_ast_model(tmp_path):
   hf.save_pretrained(tmp_path)
   model = build(cfg)
   # Same grid as the checkpoint: the original AST recipe leaves the positions unchanged.
-  torch_import.import_expert(model, cfg, 'ast', str(tmp_path / 'model.safetensors'), ast_pos_mode='ast')
+  # (A save_pretrained directory is accepted as well as the file in it.)
+  torch_import.import_expert(model, cfg, 'ast', str(tmp_path), ast_pos_mode='ast')
   spec = np.random.default_rng(0).standard_normal((2, cfg.spectrogram_length, cfg.num_mel_bins)).astype(np.float32)
   x = model.audio.embed(spec)
   for block in model.audio.blocks:

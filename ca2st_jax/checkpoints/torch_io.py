@@ -138,10 +138,26 @@ def _is_safetensors(path: str) -> bool:
   return 0 < n < (1 << 27) and head[8:9] == b'{'
 
 
+# Files looked for when a directory is given: DeepSpeed tag dirs and Hugging Face save_pretrained dirs.
+DIRECTORY_FILES = ('mp_rank_00_model_states.pt', 'model.safetensors', 'pytorch_model.bin')
+
+
+def resolve_path(path) -> str:
+  """`path`, or the checkpoint file inside a DeepSpeed / Hugging Face directory."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    for name in DIRECTORY_FILES:
+      if os.path.isfile(os.path.join(path, name)):
+        return os.path.join(path, name)
+    raise CheckpointError(f'{path}: a directory without any of {DIRECTORY_FILES} '
+                          '(sharded Hugging Face checkpoints are not supported)')
+  return path
+
+
 def load_raw(path: str) -> Any:
   """The checkpoint's top-level object: a dict of tensors/containers (never executes code)."""
   import torch  # pylint: disable=import-outside-toplevel
-  path = os.fspath(path)
+  path = resolve_path(path)
   if not os.path.isfile(path):
     raise CheckpointError(f'{path}: no such file')
   if _is_safetensors(path):
@@ -233,7 +249,7 @@ def find_state_dict(obj, path: str = '?', container: str | None = None) -> 'Orde
 
 def read_tensors(path, container: str | None = None) -> 'OrderedDict[str, np.ndarray]':
   """{name: numpy array} from any supported checkpoint file (see the module docstring)."""
-  path = os.fspath(path)
+  path = resolve_path(path)
   sd = find_state_dict(load_raw(path), path, container)
   return OrderedDict((k, to_numpy(v)) for k, v in sd.items())
 
