@@ -100,8 +100,10 @@ def test_hf_videomae_model_and_classifier_head(tmp_path):
   # The fine-tuned classifier initialises `head` when the class counts match (pytorch_model.bin).
   clf = randomise_torch(transformers.VideoMAEForVideoClassification(
       transformers.VideoMAEConfig(**hf_config, num_labels=5, id2label={i: str(i) for i in range(5)})))
-  clf.save_pretrained(tmp_path / 'clf', safe_serialization=False)
-  path = [str(p) for p in (tmp_path / 'clf').iterdir() if p.suffix in ('.bin', '.safetensors')][0]
+  # transformers 5 always writes safetensors; older releases wrote pytorch_model.bin (a pickle).
+  (tmp_path / 'clf').mkdir()
+  torch.save(clf.state_dict(), tmp_path / 'clf' / 'pytorch_model.bin')
+  path = str(tmp_path / 'clf')  # the directory, as users have it
   torch_import.import_expert(model, cfg, 'videomae', path)
   np.testing.assert_array_equal(np.asarray(model.head.kernel[...]), clf.classifier.weight.detach().numpy().T)
   # ... and is dropped (the head keeps its values) when they do not.
