@@ -382,7 +382,7 @@ def import_expert(model, cfg, kind: str, path_or_state, *, ast_pos_mode: str = '
     raise ValueError(f'unknown expert {kind!r}; expected one of {sorted(EXPERT_GROUPS)}')
   is_path = isinstance(path_or_state, (str, os.PathLike))
   source = os.fspath(path_or_state) if is_path else f'{kind} state_dict'
-  sd = read_tensors(path_or_state) if is_path else path_or_state
+  sd = read_tensors(path_or_state) if is_path else _as_numpy(path_or_state)
   entries = torch_mapping.model_table(model, cfg)
   group = EXPERT_GROUPS[kind]
   required = [e.ref for e in entries if e.group == group]
