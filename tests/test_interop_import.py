@@ -195,6 +195,7 @@ def check_clip_loaded(model, visual_sd):
   np.testing.assert_array_equal(got['spatial/ln_post/scale'], np.asarray(visual_sd['ln_post.weight'], np.float32))
 
 
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
 def test_openai_torchscript_archive_is_read_without_running_it(tmp_path):
   cfg = tiny('cast', mlp_dim=2 * WIDTH)
   clip = randomise_torch(_OpenAIClip(cfg)).half()  # the OpenAI archive is fp16
@@ -333,6 +334,11 @@ def test_load_into_reads_config_init(tmp_path):
   assert torch_import.load_into(model, init, cfg) == {'checkpoint': path}
   np.testing.assert_array_equal(reference_of(model, cfg)['head.weight'], ref['head.weight'])
   assert torch_import.load_into(build(cfg), init) == {'checkpoint': path}  # config inferred
+  for name, overrides in (('cava', dict(split_time_mlp=False)), ('ca2st', dict(audio_exchange_start=1))):
+    other = tiny(name, **overrides)
+    inferred = torch_import.infer_model_config(build(other))
+    for field, value in inferred.items():
+      assert other[field] == value, (name, field)
 
 
 # ------------------------------------------------------------------------------ bad input
