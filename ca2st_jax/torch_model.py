@@ -425,7 +425,7 @@ def time_mlp(dim, nested):
 
 
 class CastBlock(nn.Module):
-  """CAST block (SPEC §4); also CA²ST's S/T/audio block when `audio` / `bcast` is set."""
+  """CAST block (SPEC §4): CLIP and VideoMAE side by side, windowed S<->T B-CA."""
 
   def __init__(self, spec: Spec):
     super().__init__()
@@ -512,7 +512,8 @@ class CavaBlock(nn.Module):
 
 
 class Ca2stBlock(nn.Module):
-  """CA²ST block: S, T and audio experts; S&T B-CA always, A&S and A&T from `ca_start_layer`."""
+  """CA²ST block: S, T and audio experts; S&T B-CA always, A&S and A&T from `ca_start_layer`
+  (config `audio_exchange_start`), in sequence ('seq') or averaged ('add')."""
 
   def __init__(self, spec: Spec, layer: int):
     super().__init__()
@@ -706,7 +707,7 @@ class Cast(_Model):
 
 
 class Cava(_Model):
-  """CAVA (`single_ast_clip_vit_base_patch16_224` with time_encoding, split_time_mlp, no stpos)."""
+  """CAVA (`single_ast_clip_vit_base_patch16_224`; defaults time_encoding, split_time_mlp, no stpos)."""
 
   def __init__(self, spec: Spec):
     super().__init__()
