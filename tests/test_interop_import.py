@@ -34,11 +34,11 @@ def build(cfg, seed=0):
   return models.build(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def randomise_torch(module, seed=0):
+def randomise_torch(module, seed=0, scale=0.3):
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for p in module.parameters():
-      p.copy_(0.3 * torch.randn(p.shape, generator=g))
+      p.copy_(scale * torch.randn(p.shape, generator=g))
   return module.eval()
 
 
@@ -84,7 +84,8 @@ def test_hf_videomae_model_and_classifier_head(tmp_path):
   hf_config = dict(hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=DEPTH,
                    num_attention_heads=HEADS, image_size=cfg.image_size, patch_size=cfg.patch_size,
                    num_frames=cfg.num_frames, tubelet_size=2, layer_norm_eps=1e-6)
-  hf = randomise_torch(transformers.VideoMAEModel(transformers.VideoMAEConfig(**hf_config)))
+  # (0.1: with 0.3 the residual stream reaches ~40 and float32 differences ~4e-5.)
+  hf = randomise_torch(transformers.VideoMAEModel(transformers.VideoMAEConfig(**hf_config)), scale=0.1)
   hf.save_pretrained(tmp_path / 'base')
   model = build(cfg)
   torch_import.import_expert(model, cfg, 'videomae', str(tmp_path / 'base' / 'model.safetensors'))
