@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -234,6 +235,9 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, items: list[Item]):
     cfg = self.builder_config
     workers = cfg.num_workers or os.cpu_count() or 1
+    main_file = getattr(sys.modules.get('__main__'), '__file__', None)
+    if not main_file or not os.path.exists(main_file):
+      workers = 1  # spawned workers re-import __main__: impossible from stdin / interactive
     jobs = [(it, cfg) for it in items]
     skipped = []
     if workers > 1 and len(items) > 1:
