@@ -233,13 +233,18 @@ def train_frames(frames, rng: np.random.Generator, *, crop_size=224, scale=(0.08
 
 
 def resize_short_side(frames, short_side):
+  """The reference's `Resize(short_side)`: long side `int(short * long / short_in)`, bilinear
+  (cv2.INTER_LINEAR as the reference when OpenCV is installed, else PIL's bilinear)."""
   width, height = frames[0].size
   if min(width, height) == short_side:
     return frames
-  if width <= height:
-    size = (short_side, int(round(height * short_side / width)))
+  if width < height:
+    size = (short_side, int(short_side * height / width))
   else:
-    size = (int(round(width * short_side / height)), short_side)
+    size = (int(short_side * width / height), short_side)
+  if USE_CV2:
+    return [Image.fromarray(cv2.resize(np.asarray(f), size, interpolation=cv2.INTER_LINEAR))
+            for f in frames]
   return [f.resize(size, Image.BILINEAR) for f in frames]
 
 
