@@ -1,4 +1,5 @@
 """Model structure tests: zero-init, B-CA windows, the trainable set, jit, dtypes, drop path."""
+import functools
 import math
 import pathlib
 
@@ -242,23 +243,31 @@ def test_unknown_variant():
     config_lib.parse_variant('huge')
 
 
-@pytest.mark.parametrize('name', ['cast', 'ca2st'])
-def test_remat_same_values_and_gradients(name):
+@pytest.mark.parametrize('name,policy', [('cast', 'dots'), ('ca2st', 'full')])
+def test_remat_same_values_and_gradients(name, policy):
+  """Remat changes neither the loss nor the gradients over the trainable set, in training mode
+  (drop path on) and in an eval forward that closes over the frozen parameters."""
   batch = inputs(tiny(name))
   results = []
-  for remat in ('none', 'full', 'dots'):
+  for remat in ('none', policy):
     model = models.build(tiny(name, remat=remat, audio_exchange_start=1), rngs=nnx.Rngs(0))
     randomize(model)
     graphdef, trainable, rest = nnx.split(model, models.TRAINABLE, ...)
 
-    @jax.jit
-    def loss(trainable, rest):
-      logits = nnx.merge(graphdef, trainable, rest)(**batch)['label']
+    def loss(trainable, rest, deterministic):
+      if not deterministic:  # dropout counters mutate: rebuild the variables at this trace level
+        rest = jax.tree.map(lambda x: x, rest)
+      logits = nnx.merge(graphdef, trainable, rest)(**batch, deterministic=deterministic)['label']
       return jnp.sum(logits ** 2)
 
-    results.append(jax.value_and_grad(loss)(trainable, rest))
-    primitives = str(jax.make_jaxpr(jax.grad(loss))(trainable, rest))
+    train = jax.jit(jax.value_and_grad(functools.partial(loss, deterministic=False)))
+    frozen_closed_over = jax.jit(
+        lambda trainable, rest: jax.value_and_grad(lambda t: loss(t, rest, True))(trainable))
+    results.append((train(trainable, rest), frozen_closed_over(trainable, rest)))
+    primitives = str(jax.make_jaxpr(train)(trainable, rest))
     assert ('checkpoint' in primitives or 'remat' in primitives) == (remat != 'none')
-  for value, grads in results[1:]:
-    np.testing.assert_allclose(value, results[0][0], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, results[0][1])
+  for result in results[1:]:
+    for (value, grads), (value_0, grads_0) in zip(result, results[0]):
+      np.testing.assert_allclose(value, value_0, rtol=1e-5)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                   grads, grads_0)

@@ -32,12 +32,23 @@ def dtype_of(cfg):
 REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def run_layer(remat: str, layer, *args, deterministic: bool):
-  """layer(*args) as is, or under nnx.remat so its activations are recomputed in the backward pass."""
-  call = lambda layer, *args: layer(*args, deterministic=deterministic)
-  if remat != 'none':
-    call = nnx.remat(call, policy=REMAT_POLICIES[remat])
-  return call(layer, *args)
+def run_layer(remat: str, layer, blocks: tuple, arrays: tuple, *, deterministic: bool):
+  """layer(*blocks, *arrays), optionally rematerialised: its activations are recomputed in the
+  backward pass. Parameters enter jax.checkpoint as inputs; only the dropout RNG counters are
+  written back, and only in training, so an eval forward may close over arrays of an outer trace."""
+  if remat == 'none':
+    return layer(*blocks, *arrays, deterministic=deterministic)
+  graphdef, params, others = nnx.split((layer, blocks), nnx.Param, ...)
+
+  def pure(params, others, arrays):
+    layer, blocks = nnx.merge(graphdef, params, others)
+    out = layer(*blocks, *arrays, deterministic=deterministic)
+    return out, nnx.state((layer, blocks), nnx.Not(nnx.Param))
+
+  out, others = jax.checkpoint(pure, policy=REMAT_POLICIES[remat])(params, others, arrays)
+  if not deterministic:
+    nnx.update((layer, blocks), others)
+  return out
 
 
 def mlp_step(block, adapter, drop_path, x, deterministic):
@@ -107,8 +118,8 @@ class CAST(nnx.Module):
     temporal = self.temporal.embed(video)
     for layer, spatial_block, temporal_block in zip(
         self.layers, self.spatial.blocks, self.temporal.blocks):
-      spatial, temporal = run_layer(self.remat, layer, spatial_block, temporal_block, spatial,
-                                    temporal, deterministic=deterministic)
+      spatial, temporal = run_layer(self.remat, layer, (spatial_block, temporal_block),
+                                    (spatial, temporal), deterministic=deterministic)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
@@ -192,8 +203,9 @@ class CAVA(nnx.Module):
     audio_tokens = self.audio.embed(audio)
     spatial = self.spatial.embed(video)
     for layer, audio_block, spatial_block in zip(self.layers, self.audio.blocks, self.spatial.blocks):
-      audio_tokens, spatial = run_layer(self.remat, layer, audio_block, spatial_block, audio_tokens,
-                                        spatial, audio_time, video_time, deterministic=deterministic)
+      audio_tokens, spatial = run_layer(
+          self.remat, layer, (audio_block, spatial_block),
+          (audio_tokens, spatial, audio_time, video_time), deterministic=deterministic)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
@@ -258,8 +270,8 @@ class Ca2stLayer(nnx.Module):
     audio = audio + drop(self.audio_cross_drop_path, audio_at)
     return spatial, temporal, audio
 
-  def __call__(self, blocks, spatial, temporal, audio, audio_time, video_time, *, deterministic):
-    spatial_block, temporal_block, audio_block = blocks
+  def __call__(self, spatial_block, temporal_block, audio_block, spatial, temporal, audio,
+               audio_time, video_time, *, deterministic):
     spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
     temporal = temporal + self.temporal_adapter(temporal_block.attend(temporal))
     audio = audio + self.audio_drop_path(
@@ -310,8 +322,8 @@ class CA2ST(nnx.Module):
     for layer, *blocks in zip(self.layers, self.spatial.blocks, self.temporal.blocks,
                               self.audio.blocks):
       spatial, temporal, audio_tokens = run_layer(
-          self.remat, layer, tuple(blocks), spatial, temporal, audio_tokens, audio_time, video_time,
-          deterministic=deterministic)
+          self.remat, layer, tuple(blocks),
+          (spatial, temporal, audio_tokens, audio_time, video_time), deterministic=deterministic)
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
