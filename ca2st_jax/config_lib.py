@@ -29,6 +29,17 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return model
 
 
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  """Every config.data field (defaults in ca2st_jax.data.pipeline.default_config), so each one
+  can be set from the command line, with this benchmark's values."""
+  from ca2st_jax.data import pipeline  # Imported here: the model-only tools need no data stack.
+  fields = pipeline.default_config()
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f'unknown config.data fields {sorted(unknown)}')
+  return ml_collections.ConfigDict({**fields, **overrides})
+
+
 def tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The same model at CPU-test size: width 32, 2 layers, 32x32 frames, 8 frames."""
   model.update(dict(

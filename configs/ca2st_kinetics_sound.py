@@ -20,7 +20,12 @@ def get_config(arg=None):
   config.model = config_lib.model_config('ca2st', num_classes=32, spectrogram_length=1024, drop_path=0.2)
   # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint
   # of the reference layout in `checkpoint`.
-  config.init = ml_collections.ConfigDict(dict(clip='', videomae='', ast='', checkpoint=''))
+  # ast_pos_mode 'reference' adapts AST's positional grid as the authors' loader does
+  # (lossy at T=1024); 'ast' as the original AST recipe.
+  config.init = ml_collections.ConfigDict(dict(
+      clip='', videomae='', ast='', checkpoint='', ast_pos_mode='reference'))
+  config.data = config_lib.data_config(
+      name='kinetics_sounds', eval_split='validation', sampling='dense', frame_stride=4)
   if variant == 'tiny':
     config_lib.tiny(config.model)
   # Training recipe (SPEC §9; the authors' notebook: 6 GPUs x 2). batch_size is the global batch of one optimiser

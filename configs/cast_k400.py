@@ -21,6 +21,9 @@ def get_config(arg=None):
   # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint
   # of the reference layout in `checkpoint`.
   config.init = ml_collections.ConfigDict(dict(clip='', videomae='', ast='', checkpoint=''))
+  config.data = config_lib.data_config(
+      name='kinetics400', eval_split='validation', sampling='dense', frame_stride=4,
+      test_num_clips=5, test_num_crops=3, audio=False)
   if variant == 'tiny':
     config_lib.tiny(config.model)
   # Training recipe (SPEC §9; scripts/kinetics/k400.sh: 6 per GPU x update_freq 6 x 16 GPUs). batch_size is the global batch of one optimiser

@@ -21,6 +21,9 @@ def get_config(arg=None):
   # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint
   # of the reference layout in `checkpoint`.
   config.init = ml_collections.ConfigDict(dict(clip='', videomae='', ast='', checkpoint=''))
+  config.data = config_lib.data_config(
+      name='ssv2', eval_split='validation', sampling='tsn', flip=False,
+      test_num_clips=2, test_num_crops=3, audio=False)
   if variant == 'tiny':
     config_lib.tiny(config.model)
   # Training recipe (SPEC §9; scripts/ssv2/ssv2.sh: 6 per GPU x update_freq 4 x 16 GPUs). batch_size is the global batch of one optimiser
