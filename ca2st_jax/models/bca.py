@@ -48,7 +48,8 @@ class CrossAttention(nnx.Module):
     self.out = layers.dense(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, queries, keys, *, query_add=None, key_add=None):
-    """query_add / key_add: extra encodings added to the inputs (CAVA's time encodings)."""
+    """query_add / key_add: further additive encodings of the inputs (the global exchanges'
+    time encodings and learned space/time positions)."""
     if self.query_pos is not None:
       queries = queries + self.query_pos[...].astype(queries.dtype)
       keys = keys + self.key_pos[...].astype(keys.dtype)
