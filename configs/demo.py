@@ -13,11 +13,15 @@ averaging), and leaves in the workdir:
                   installed and the exporter is present)
   ckpt/, best/, tb/  Orbax checkpoints and TensorBoard events.
 Re-evaluate the finished run:  ... --mode=eval
-Expected: val top-1 >= 0.90 within <= 10 minutes on a 2-core CPU (measured: see README).
 
-As in the paper the expert towers stay frozen and only adapters, B-CA, time MLPs, ln_post/fc_norm
-and the head train; here the experts are randomly initialised (nothing is downloaded), so the
-adapters do all the work. Flip is off: it would swap the motion-direction classes.
+Expected / measured on a 2-core CPU (fresh data dir, so including the one-off ~2 min build of the
+1024 + 64 clips): see README; the target of the issue is val top-1 >= 0.90 in <= 10 minutes.
+STATUS: not reached yet. Measured (2000 steps): 4 min 10 s wall, val top-1 0.53 — tone and motion
+direction are learned completely (0.5 = both right on every clip), disc vs square barely (0.53).
+
+There are no pretrained experts offline, so the demo trains every parameter (train.trainable='all');
+with the paper's frozen set (trainable='reference') random frozen experts leave the adapters stuck
+on the audio factor for the first ~2000 steps. Flip is off: it would swap the direction classes.
 """
 import ml_collections
 
@@ -30,13 +34,15 @@ def get_config(arg=None):
   config.seed = 0
   config.model = config_lib.tiny(config_lib.model_config(
       'ca2st', num_classes=8, drop_path=0.0, audio_exchange_start=0))
-  config.model.update(spectrogram_length=64, num_mel_bins=32)
+  # 32x32 frames in 8x8 patches (a 4x4 grid per frame); adapters and B-CA as wide as the experts.
+  config.model.update(image_size=32, patch_size=8, adapter_dim=32, bottleneck_dim=32,
+                      spectrogram_length=64, num_mel_bins=32)
 
   config.data = ml_collections.ConfigDict(dict(
-      name='synthetic_av',
-      synthetic=dict(num_train=256, num_test=64, num_frames=32, size=48, fps=16),
+      name='synthetic_av', data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+      synthetic=dict(num_train=1024, num_test=64, num_frames=32, size=48, fps=16),
       train_split='train', eval_split='test',
-      eval_batch_size=32, num_workers=0, seed=0,
+      eval_batch_size=32, num_workers=1, seed=0,
       sampling='dense', frame_stride=4, crop_scale=(0.6, 1.0), flip=False, randaugment='',
       test_num_clips=2, test_num_crops=1,
       audio=True, audio_sample_rate=16000, spec_augment=False,
@@ -44,9 +50,9 @@ def get_config(arg=None):
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.train = ml_collections.ConfigDict(dict(
-      batch_size=16, total_steps=300, warmup_steps=20, accum_steps=1, trainable='reference',
+      batch_size=16, total_steps=2000, warmup_steps=50, accum_steps=1, trainable='all',
       mixup_alpha=0.8, mixup_prob=0.0, label_smoothing=0.1,
-      log_every=25, eval_every=100, ckpt_every=100,
+      log_every=100, eval_every=500, ckpt_every=500,
   ))
   config.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, min_lr=1e-5, warmup_lr=0.0, scale_lr_by_batch=False,

@@ -28,7 +28,7 @@ def test_demo_config_few_steps(tmp_path):
   cfg = _config("demo")
   cfg.data.data_dir = str(tmp_path / "data")
   cfg.data.synthetic.update(num_train=16, num_test=8)
-  cfg.data.eval_batch_size = 8
+  cfg.data.update(eval_batch_size=8, num_workers=0)
   cfg.train.update(batch_size=8, total_steps=2, warmup_steps=1, log_every=1, eval_every=0,
                    ckpt_every=2)
   wd = str(tmp_path / "wd")
