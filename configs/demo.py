@@ -14,10 +14,12 @@ averaging), and leaves in the workdir:
   ckpt/, best/, tb/  Orbax checkpoints and TensorBoard events.
 Re-evaluate the finished run:  ... --mode=eval
 
-Expected / measured on a 2-core CPU (fresh data dir, so including the one-off ~2 min build of the
-1024 + 64 clips): see README; the target of the issue is val top-1 >= 0.90 in <= 10 minutes.
-STATUS: not reached yet. Measured (2000 steps): 4 min 10 s wall, val top-1 0.53 — tone and motion
-direction are learned completely (0.5 = both right on every clip), disc vs square barely (0.53).
+Measured on this 2-core CPU: 6 min 09 s wall (synthetic set already cached; a fresh build adds
+~40 s), final line {"step": 4500, "split": "val", "top1": 0.828, "top5": 1.0, ...}.
+STATUS: the issue's target (val top-1 >= 0.90 in <= 10 min) is NOT reached. Tone and motion direction
+are learned within ~500 steps (top-1 0.5 = both right on every clip); disc vs square starts late and
+at a seed-dependent step (0.70 at 3000, 0.83 at 4500 in the measured run; a 6500-step schedule
+reached only 0.67 in 9 min 45 s), so the run-to-run spread is large.
 
 There are no pretrained experts offline, so the demo trains every parameter (train.trainable='all');
 with the paper's frozen set (trainable='reference') random frozen experts leave the adapters stuck
@@ -50,9 +52,9 @@ def get_config(arg=None):
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.train = ml_collections.ConfigDict(dict(
-      batch_size=16, total_steps=2000, warmup_steps=50, accum_steps=1, trainable='all',
+      batch_size=16, total_steps=4500, warmup_steps=50, accum_steps=1, trainable='all',
       mixup_alpha=0.8, mixup_prob=0.0, label_smoothing=0.1,
-      log_every=100, eval_every=500, ckpt_every=500,
+      log_every=100, eval_every=1500, ckpt_every=1500,
   ))
   config.optim = ml_collections.ConfigDict(dict(
       lr=2e-3, min_lr=1e-5, warmup_lr=0.0, scale_lr_by_batch=False,
