@@ -40,6 +40,8 @@ class SyntheticSpec:
   fps: int = 16
   audio_rate: int = 16000
   seed: int = 0
+  # Bumped whenever render_clip changes, so cached clips of an older drawing are not reused.
+  render_version: int = 2
   # Extra rows to exercise the builder's error handling (tests): a corrupt file, a file with no
   # audio track, a listed file that does not exist.
   corrupt: int = 0
@@ -54,7 +56,8 @@ def render_clip(label: int, rng: np.random.Generator, spec: SyntheticSpec):
   bg = rng.integers(0, 120, size=3)
   frames = np.clip(bg + rng.normal(0, 12, (t_len, size, width, 3)), 0, 255)
   colour = rng.integers(140, 256, size=3)
-  r = size // 8 + int(rng.integers(0, size // 16 + 1))
+  # Large enough that disc and square still differ after a 0.6-scale crop resized to 32 pixels.
+  r = size // 5 + int(rng.integers(0, size // 16 + 1))
   cy = int(rng.integers(r, size - r))
   x0, x1 = r, width - r
   if direction == 1:
@@ -119,7 +122,8 @@ class SyntheticAv(vggsound.Vggsound):
 def prepare(data_dir, spec: SyntheticSpec = SyntheticSpec(), config=None) -> str:
   """Writes (once) and builds (once) the synthetic set under data_dir; returns the TFDS dir."""
   data_dir = pathlib.Path(data_dir)
-  tag = f'n{spec.num_train}-{spec.num_test}_t{spec.num_frames}_s{spec.size}_seed{spec.seed}'
+  tag = (f'n{spec.num_train}-{spec.num_test}_t{spec.num_frames}_s{spec.size}_seed{spec.seed}'
+         f'_v{spec.render_version}')
   if spec.width:
     tag += f'_w{spec.width}'
   if spec.corrupt or spec.no_audio or spec.missing:

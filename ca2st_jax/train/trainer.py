@@ -446,7 +446,8 @@ def _fmt_eta(seconds):
 def _maybe_import_init(config, setup: Setup, state, frozen, rest=None):
   """config.init (expert or whole-model PyTorch checkpoints) → the interop helper's importer."""
   init = config.get("init", None)
-  if not init or not any(isinstance(v, str) and v for v in init.values()):
+  # Only checkpoint paths ask for an import; ast_pos_mode is an option of the AST import.
+  if not init or not any(init.get(k, "") for k in ("checkpoint", "clip", "videomae", "ast")):
     return state, frozen
   from ca2st_jax.checkpoints import torch_import  # pylint: disable=g-import-not-at-top
   if rest is None:
