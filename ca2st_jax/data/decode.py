@@ -19,7 +19,11 @@ import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
-av.logging.set_level(av.logging.PANIC)
+# Keep PyAV's default no-op FFmpeg log callback. Any log level (even PANIC) installs a callback
+# that takes the GIL for every ERROR message; a frame-threaded decoder freed mid-stream (a segment
+# cut before the end of the file) logs from its worker threads while the freeing thread holds the
+# GIL and joins them: a deadlock in avcodec_free_context.
+av.logging.set_level(None)
 
 
 class DecodeError(Exception):
