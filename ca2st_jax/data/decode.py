@@ -59,9 +59,9 @@ def decode_jpegs(blobs, size_hint=None):
 
 @dataclasses.dataclass
 class VideoFrames:
-  jpegs: list          # JPEG bytes per stored frame
-  times: np.ndarray    # seconds of each stored frame (presentation time - first frame's)
-  fps: float           # stored frame rate
+  jpegs: list          # JPEG bytes per stored frame; stored frame k shows time k / fps
+  times: np.ndarray    # presentation time (s, from `start`) of the source frame stored at k
+  fps: float           # stored frame rate (constant)
   duration: float      # seconds
   width: int
   height: int
@@ -74,35 +74,81 @@ def _open(path):
     raise DecodeError(f'cannot open {path}: {e}') from e
 
 
+def _stream_t0(stream) -> float:
+  return (stream.start_time or 0) * float(stream.time_base) if stream.time_base else 0.0
+
+
 def _seek(container, stream, start):
   """Seeks to the keyframe before `start` seconds (no-op near the beginning)."""
   if start > 1.0:
     try:
-      offset = (stream.start_time or 0) * float(stream.time_base)
-      container.seek(int((start + offset - 0.5) / float(stream.time_base)), stream=stream,
-                     backward=True, any_frame=False)
+      container.seek(int((start + _stream_t0(stream) - 0.5) / float(stream.time_base)),
+                     stream=stream, backward=True, any_frame=False)
     except av.FFmpegError:
       pass
 
 
+def _decoded_frames(container, stream, path):
+  """Frames of `stream`, decoded packet by packet: a packet that fails to decode is skipped.
+
+  Yields frames until the end of the file or an unreadable container; `bad_packets` of the
+  returned generator's caller is logged here once.
+  """
+  bad, first_error = 0, None
+  packets = container.demux(stream)
+  while True:
+    try:
+      packet = next(packets)
+    except StopIteration:
+      break
+    except (av.FFmpegError, ValueError) as e:  # the container itself is unreadable from here
+      first_error = first_error or e
+      log.warning('%s: unreadable after this point (%s); keeping what was decoded', path, e)
+      try:
+        yield from stream.codec_context.decode(None)  # drain the frames still in the decoder
+      except (av.FFmpegError, ValueError):
+        pass
+      break
+    try:
+      frames = packet.decode()
+    except (av.FFmpegError, ValueError) as e:
+      bad, first_error = bad + 1, first_error or e
+      continue
+    yield from frames
+  if bad:
+    log.warning('%s: skipped %d undecodable %s packet(s), e.g. %s', path, bad, stream.type,
+                first_error)
+
+
+def _release(stream):
+  """Stops the decoder's threads before the codec is freed (the caller then closes the file)."""
+  try:
+    stream.codec_context.flush_buffers()
+  except (av.FFmpegError, ValueError, AttributeError):
+    pass
+
+
 def iter_frames(path: str, short_side: int = 0, fps: float = 0.0,
                 start: float = 0.0) -> Iterator[tuple[float, Image.Image]]:
-  """Yields (seconds from the stream start, PIL frame) of the kept frames from `start` on.
+  """Yields (presentation time in seconds from the stream start, PIL frame) from `start` on.
 
-  Raises DecodeError if the file cannot be opened, has no video stream or no decodable frame.
+  The times are the frames' own timestamps (variable frame rate files included). With `fps`, at
+  most one frame per 1/fps seconds is kept. Closing the generator early (e.g. at a segment end)
+  stops the decoder and closes the file at once. Raises DecodeError if the file cannot be
+  opened, has no video stream or no decodable frame.
   """
-  container = _open(path)
-  with container:
+  with _open(path) as container:
     if not container.streams.video:
       raise DecodeError(f'no video stream in {path}')
     stream = container.streams.video[0]
     stream.thread_type = 'AUTO'
-    t0 = (stream.start_time or 0) * float(stream.time_base) if stream.time_base else 0.0
+    t0 = _stream_t0(stream)
     _seek(container, stream, start)
     size = None
     next_t = start
+    frames = _decoded_frames(container, stream, path)
     try:
-      for frame in container.decode(stream):
+      for frame in frames:
         t = (float(frame.time) if frame.time is not None else 0.0) - t0
         if t < start - 1e-6:
           continue
@@ -114,19 +160,16 @@ def iter_frames(path: str, short_side: int = 0, fps: float = 0.0,
         if size is None:
           size = _scaled_size(frame.width, frame.height, short_side)
         yield t, frame.to_image(width=size[0], height=size[1])
-    except (av.FFmpegError, ValueError) as e:
-      if size is None:
-        raise DecodeError(f'cannot decode {path}: {e}') from e
-      log.warning('decode error after some frames in %s: %s (keeping the decoded part)', path, e)
+    finally:
+      frames.close()
+      _release(stream)
+    if size is None:
+      raise DecodeError(f'cannot decode {path}: no decodable video frame')
 
 
 def video_info(path: str) -> tuple[float, float]:
   """(native fps, duration seconds) from the container headers."""
-  try:
-    c = av.open(str(path))
-  except Exception as e:  # pylint: disable=broad-except
-    raise DecodeError(f'cannot open {path}: {e}') from e
-  with c:
+  with _open(path) as c:
     if not c.streams.video:
       raise DecodeError(f'no video stream in {path}')
     s = c.streams.video[0]
@@ -135,54 +178,117 @@ def video_info(path: str) -> tuple[float, float]:
   return fps, dur
 
 
+def constant_rate(times: np.ndarray, header_fps: float, fps: float = 0.0,
+                  end: float | None = None) -> tuple[np.ndarray, float]:
+  """(index of the source frame to store at each k / rate, rate) for frames shown at `times`.
+
+  Regular timestamps keep every frame (the rate: `fps` when given, else the header's when it
+  agrees with the timestamps). Irregular ones (a variable frame rate, or frames lost to
+  corruption) are resampled to a constant rate (`fps`, else the mean rate of the timestamps):
+  stored frame k is the source frame nearest to k / rate seconds, up to `end` (default: one
+  median frame interval after the last frame).
+  """
+  times = np.asarray(times, np.float64)
+  n = len(times)
+  if n < 2:
+    return np.arange(n), float(fps or header_fps)
+  gaps = np.diff(times)
+  step = float(np.median(gaps))
+  regular = step > 0 and bool(np.all(np.abs(gaps - step) <= 0.25 * step))
+  if regular:
+    measured = 1.0 / step
+    if fps:
+      rate = float(fps)
+    else:
+      rate = header_fps if abs(header_fps - measured) <= 0.01 * measured else measured
+    if fps == 0 or abs(rate - measured) <= 0.01 * measured:
+      return np.arange(n), rate
+  rate = float(fps) if fps else (n - 1) / max(times[-1] - times[0], 1e-6)
+  stop = times[-1] + max(step, 1e-6) if end is None else end
+  grid = np.arange(max(int(round(stop * rate - 1e-3)), 1)) / rate
+  right = np.clip(np.searchsorted(times, grid), 1, n - 1)
+  left = right - 1
+  nearest = np.where(grid - times[left] <= times[right] - grid, left, right)
+  return nearest, rate
+
+
 def read_video(path: str, short_side: int = 0, fps: float = 0.0, quality: int = 90,
                start: float = 0.0, stop: float | None = None) -> VideoFrames:
-  """Decodes [start, stop) seconds of `path` into JPEG frames."""
+  """Decodes [start, stop) seconds of `path` into JPEG frames at a constant rate.
+
+  Stored frame k shows the content at k / fps seconds after `start`: a variable frame rate is
+  resampled (see `constant_rate`), so frame indices / fps are true times for sampling and
+  `audio_times`; `times` keeps each stored frame's own presentation time.
+  """
   native_fps, _ = video_info(path)
   jpegs, times, size = [], [], (0, 0)
-  for t, img in iter_frames(path, short_side, fps, start):
-    if stop is not None and t >= stop:
-      break
-    jpegs.append(encode_jpeg(img, quality))
-    times.append(t - start)
-    size = img.size
+  frames = iter_frames(path, short_side, fps if fps and fps < native_fps else 0.0, start)
+  try:
+    for t, img in frames:
+      if stop is not None and t >= stop:
+        break
+      jpegs.append(encode_jpeg(img, quality))
+      times.append(t - start)
+      size = img.size
+  finally:
+    frames.close()  # now, not at garbage collection: the decoder is stopped and the file closed
   if not jpegs:
     raise DecodeError(f'no frames decoded from {path} in [{start}, {stop})')
-  out_fps = float(fps) if fps and fps < native_fps else native_fps
-  duration = len(jpegs) / out_fps
-  return VideoFrames(jpegs, np.asarray(times, np.float32), out_fps, duration, size[0], size[1])
+  keep, out_fps = constant_rate(
+      np.asarray(times), native_fps, fps if fps and fps < native_fps else 0.0,
+      end=None if stop is None else stop - start)
+  jpegs = [jpegs[i] for i in keep]
+  times = np.asarray(times, np.float32)[keep]
+  return VideoFrames(jpegs, times, out_fps, len(jpegs) / out_fps, size[0], size[1])
 
 
 def read_audio(path: str, rate: int = 16000, start: float = 0.0,
                stop: float | None = None) -> tuple[np.ndarray, int]:
   """Mono int16 PCM of [start, stop) seconds of the first audio stream at `rate` (0: native).
 
-  Returns an empty array and rate 0 when the file has no audio stream.
+  Decodes packet by packet: a damaged packet is skipped and its time filled with silence, so the
+  rest of the track keeps its place. Returns an empty array and rate 0 when the file has no audio
+  stream (or none of it decodes).
   """
-  container = _open(path)
-  with container:
+  with _open(path) as container:
     if not container.streams.audio:
       return np.zeros(0, np.int16), 0
     stream = container.streams.audio[0]
     out_rate = int(rate or stream.rate)
-    t0 = (stream.start_time or 0) * float(stream.time_base) if stream.time_base else 0.0
+    t0 = _stream_t0(stream)
     _seek(container, stream, start)
     resampler = av.AudioResampler(format='s16', layout='mono', rate=out_rate)
-    chunks, first = [], None
-    try:
-      for frame in container.decode(stream):
-        if first is None:
-          first = (float(frame.time) if frame.time is not None else 0.0) - t0
-        if stop is not None and frame.time is not None and float(frame.time) - t0 > stop + 0.1:
-          break
-        frame.pts = None
-        for f in resampler.resample(frame):
-          chunks.append(f.to_ndarray().reshape(-1))
-      for f in resampler.resample(None):
+    chunks, first, expected = [], None, None  # `expected`: seconds where the next frame begins
+
+    def resampled(frame):
+      for f in resampler.resample(frame):
         chunks.append(f.to_ndarray().reshape(-1))
+
+    frames = _decoded_frames(container, stream, path)
+    try:
+      for frame in frames:
+        t = (float(frame.time) if frame.time is not None else None)
+        t = None if t is None else t - t0
+        if first is None:
+          first = t or 0.0
+        if stop is not None and t is not None and t > stop + 0.1:
+          break
+        if t is not None and expected is not None and t - expected > 0.5 * frame.samples / frame.sample_rate:
+          resampled(None)   # a skipped packet: silence until this frame's time
+          resampler = av.AudioResampler(format='s16', layout='mono', rate=out_rate)
+          have = sum(c.size for c in chunks)
+          chunks.append(np.zeros(max(int(round((t - first) * out_rate)) - have, 0), np.int16))
+        frame.pts = None
+        resampled(frame)
+        if t is not None:
+          expected = t + frame.samples / frame.sample_rate
+      resampled(None)
     except (av.FFmpegError, ValueError) as e:
       log.warning('audio decode error in %s: %s (keeping the decoded part)', path, e)
-  if not chunks:
+    finally:
+      frames.close()
+      _release(stream)
+  if not chunks or not sum(c.size for c in chunks):
     return np.zeros(0, np.int16), 0
   pcm = np.concatenate(chunks).astype(np.int16)
   first = max(first or 0.0, 0.0)
