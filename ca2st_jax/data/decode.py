@@ -302,6 +302,9 @@ _CODECS = {  # container extension -> (video codec, audio codec, pixel format)
     '.mkv': ('libx264', 'aac', 'yuv420p'),
     '.webm': ('libvpx', 'libopus', 'yuv420p'),
     '.avi': ('mpeg4', 'mp3', 'yuv420p'),
+    '.wav': (None, 'pcm_s16le', None),   # audio-only containers (frames=None)
+    '.flac': (None, 'flac', None),
+    '.m4a': (None, 'aac', None),
 }
 
 
@@ -313,6 +316,8 @@ def write_video(path: str, frames: np.ndarray | None, fps: int, audio: np.ndarra
   """
   import os  # pylint: disable=g-import-not-at-top
   vcodec, acodec, pix = _CODECS[os.path.splitext(str(path))[1].lower()]
+  if vcodec is None and frames is not None:
+    raise ValueError(f'{path}: an audio-only container; pass frames=None')
   with av.open(str(path), mode='w') as out:
     vs = None
     if frames is not None:  # None: an audio-only file

@@ -115,7 +115,7 @@ class SyntheticAv(vggsound.Vggsound):
   name = 'synthetic_av'
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Written by ca2st_jax.data.synthetic.write_raw.'
   DESCRIPTION = 'Synthetic shape x motion x tone clips (8 classes).'
-  BUILDER_CONFIGS = [base.VideoBuilderConfig(name='default', short_side=0, num_workers=1,
+  BUILDER_CONFIGS = [base.VideoBuilderConfig(name='default', short_side=0,
                                              description='frames stored at their size')]
 
 
@@ -129,5 +129,5 @@ def prepare(data_dir, spec: SyntheticSpec = SyntheticSpec(), config=None) -> str
   if spec.corrupt or spec.no_audio or spec.missing:
     tag += f'_bad{spec.corrupt}{spec.no_audio}{spec.missing}'
   raw = write_raw(data_dir / 'raw' / tag, spec)
-  builder = base.build(SyntheticAv, raw, data_dir / tag, config)
+  builder = base.build(SyntheticAv, raw, data_dir / tag, config, num_workers=1)
   return os.fspath(builder.data_dir)

@@ -1,5 +1,6 @@
 """python -m ca2st_jax.data.builders NAME --manual_dir=RAW --data_dir=OUT [--config=default]
-[--short_side=256 --fps=0 --audio_rate=16000 --num_workers=0]: builds ArrayRecord files."""
+[--short_side=256 --fps=0 --jpeg_quality=90 --audio_rate=16000] [--num_workers=N]: builds
+ArrayRecord files (storage options other than the config's give a config of their own name)."""
 
 import argparse
 import dataclasses
@@ -7,31 +8,37 @@ import logging
 
 from ca2st_jax.data import builders
 
+STORAGE_OPTIONS = ('short_side', 'fps', 'jpeg_quality', 'audio_rate', 'fold')
 
-def main():
+
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('name', choices=sorted(builders.BUILDERS))
   p.add_argument('--manual_dir', required=True)
   p.add_argument('--data_dir', required=True)
   p.add_argument('--config', default=None, help='builder config name (e.g. split2 for UCF-101)')
+  p.add_argument('--num_workers', type=int, default=None,
+                 help='decoding processes (default: one per core; 1: in this process)')
   for f in dataclasses.fields(builders.VideoBuilderConfig):
-    if f.name in ('short_side', 'fps', 'jpeg_quality', 'audio_rate', 'num_workers', 'fold'):
+    if f.name in STORAGE_OPTIONS:
       p.add_argument(f'--{f.name}', type=type(f.default), default=None)
-  args = p.parse_args()
+  args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
   cls = builders.BUILDERS[args.name]
+  configs = {c.name: c for c in cls.BUILDER_CONFIGS}
   cfg = cls.BUILDER_CONFIGS[0]
   if args.config:
-    cfg = next(c for c in cls.BUILDER_CONFIGS if c.name == args.config)
-  overrides = {k: v for k, v in vars(args).items()
-               if v is not None and k in {f.name for f in dataclasses.fields(cfg)} and k != 'name'}
-  storage = {k: v for k, v in sorted(overrides.items()) if k != 'num_workers'}
-  name = cfg.name + ''.join(f'_{k}{v}' for k, v in storage.items())  # distinct dir per storage
-  if overrides:
-    cfg = dataclasses.replace(cfg, name=name, **overrides)
-  b = builders.build(cls, args.manual_dir, args.data_dir, cfg)
+    if args.config not in configs:
+      p.error(f'unknown --config={args.config} for {args.name}; valid: {", ".join(configs)}')
+    cfg = configs[args.config]
+  storage = {k: getattr(args, k) for k in STORAGE_OPTIONS if getattr(args, k) is not None}
+  if storage:
+    name = cfg.name + ''.join(f'_{k}{v}' for k, v in sorted(storage.items()))
+    cfg = dataclasses.replace(cfg, name=name, **storage)  # distinct directory per storage
+  b = builders.build(cls, args.manual_dir, args.data_dir, cfg, num_workers=args.num_workers)
   print(b.data_dir)
   print({'num_skipped': dict(b.info.metadata.get('num_skipped', {})),
+         'bad_rows': len(b.info.metadata.get('bad_rows', [])),
          'splits': {k: v.num_examples for k, v in b.info.splits.items()}})
 
 

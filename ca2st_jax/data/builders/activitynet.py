@@ -18,7 +18,6 @@ from ca2st_jax.data.builders import base
 class Activitynet(base.VideoBuilder):
   """ActivityNet 1.3 (200 classes, untrimmed)."""
   name = 'activitynet'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'ActivityNet 1.3 untrimmed videos, 200 activity classes.'
   BUILDER_CONFIGS = [base.VideoBuilderConfig(name='default', fps=8.0,
                                              description='short side 256, 8 fps')]

@@ -18,7 +18,13 @@ writes ArrayRecord files (TFDS `file_format='array_record'`; no TensorFlow neede
 
 Files that are missing, cannot be opened, have no video stream or no decodable frame are skipped
 with a warning; their names and reasons are listed in the dataset metadata (`skipped[split]`,
-`num_skipped[split]`). A split whose annotation file is missing, or that ends up empty, raises.
+`num_skipped[split]`). Annotation rows with too few columns are left out with a warning naming the
+file and line, and listed in `bad_rows`. A split whose annotation file is missing, or that ends up
+empty, raises. Audio files named in the annotations (`.wav`, `.m4a`, `.flac`, ...) become
+audio-only examples (empty `frames`).
+
+Decoding runs in `num_workers` processes: the builder's keyword argument, else the environment
+variable CA2ST_BUILD_WORKERS (the way to set it under `tfds build`), else one per core.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from ca2st_jax.data import decode
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = ('.mp4', '.webm', '.avi', '.mkv', '.mov', '.flv', '.m4v', '.MP4')
+VIDEO_EXTENSIONS = ('.mp4', '.webm', '.avi', '.mkv', '.mov', '.flv', '.m4v')
+AUDIO_EXTENSIONS = ('.wav', '.m4a', '.flac', '.mp3', '.ogg', '.opus', '.aac')
+WORKERS_ENV = 'CA2ST_BUILD_WORKERS'
 
 
 @dataclasses.dataclass
@@ -52,7 +60,6 @@ class VideoBuilderConfig(tfds.core.BuilderConfig):
   with_video: bool = True
   with_audio: bool = True
   fold: int = 1              # UCF-101 split 1/2/3
-  num_workers: int = 0       # decoding processes (0: os.cpu_count(); 1: in-process)
 
 
 @dataclasses.dataclass
@@ -69,22 +76,49 @@ class Item:
   require_video: bool = True
 
 
-def index_files(root, extensions=VIDEO_EXTENSIONS) -> dict[str, str]:
-  """stem -> path of every video file under `root` (recursive; first one wins)."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
+def is_audio_file(path) -> bool:
+  return os.path.splitext(str(path))[1].lower() in AUDIO_EXTENSIONS
+
+
+def index_files(root) -> dict[str, str]:
+  """stem -> path of every video or audio file under `root` (recursive).
+
+  A video file wins over an audio file of the same stem; otherwise the first one found wins.
+  """
+  out, audio = {}, {}
+  for dirpath, dirs, files in os.walk(root):
+    dirs.sort()
     for f in sorted(files):
       stem, ext = os.path.splitext(f)
-      if ext in extensions or ext.lower() in extensions:
+      if ext.lower() in VIDEO_EXTENSIONS:
         out.setdefault(stem, os.path.join(dirpath, f))
-  return out
+      elif ext.lower() in AUDIO_EXTENSIONS:
+        audio.setdefault(stem, os.path.join(dirpath, f))
+  return {**audio, **out}
 
 
-def read_csv(path, header=True) -> list[dict[str, str]] | list[list[str]]:
+def read_csv(path, header=True, min_columns=0, bad_rows=None):
+  """Rows of a CSV file: dicts by header name, or lists of strings (blank lines left out).
+
+  A row with fewer columns than the header (or than `min_columns`) is left out with a warning
+  naming the file and line, and its description is appended to `bad_rows` when given.
+  """
+  out = []
   with open(path, newline='') as f:
-    if header:
-      return list(csv.DictReader(f))
-    return [row for row in csv.reader(f) if row]
+    reader = csv.reader(f)
+    names = next(reader, []) if header else None
+    need = len(names) if header else min_columns
+    for row in reader:
+      if not any(c.strip() for c in row):
+        continue
+      if len(row) < need:
+        problem = f'{path}:{reader.line_num}: {len(row)} columns, expected {need}: {row}'
+        log.warning('left out annotation row %s', problem)
+        if bad_rows is not None:
+          bad_rows.append(problem)
+        continue
+      out.append(dict(zip(names, row)) if header else row)
+  return out
 
 
 def find(manual_dir, *names) -> pathlib.Path:
@@ -127,9 +161,10 @@ def make_example(item: Item, cfg: VideoBuilderConfig) -> dict[str, Any]:
   """Decodes one item into the stored feature dict (raises DecodeError on unusable input)."""
   frames, fps, duration = [], 0.0, 0.0
   have_file = item.path is not None and os.path.exists(item.path)
+  audio_file = item.path is not None and is_audio_file(item.path)
   if item.require_video and not have_file:
     raise decode.DecodeError(f'missing file {item.path}')
-  if cfg.with_video and have_file:
+  if cfg.with_video and have_file and not audio_file:
     try:
       v = decode.read_video(item.path, cfg.short_side, cfg.fps, cfg.jpeg_quality,
                             start=item.start, stop=item.stop)
@@ -205,6 +240,18 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
     from etils import epath  # pylint: disable=g-import-not-at-top
     return epath.Path(sys.modules[cls.__module__].__file__)
 
+  def __init_subclass__(cls, **kwargs):
+    super().__init_subclass__(**kwargs)
+    if 'MANUAL_DOWNLOAD_INSTRUCTIONS' not in cls.__dict__:
+      # The module docstring describes the raw layout (the class docstring is one line).
+      cls.MANUAL_DOWNLOAD_INSTRUCTIONS = sys.modules[cls.__module__].__doc__
+
+  def __init__(self, *, num_workers: int | None = None, **kwargs):
+    """`file_format` defaults to ArrayRecord (what the pipeline reads), also under `tfds build`."""
+    kwargs.setdefault('file_format', 'array_record')
+    self.num_workers = num_workers
+    super().__init__(**kwargs)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self, description=self.DESCRIPTION,
@@ -212,6 +259,10 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict())
 
   # --- to implement -------------------------------------------------------------------------
+  def read_csv(self, path, header=True, min_columns=0):
+    """`read_csv` that records the rows it leaves out in the metadata (`bad_rows`)."""
+    return read_csv(path, header, min_columns, self.bad_rows)
+
   def _classes(self, manual_dir: pathlib.Path) -> dict[str, list[str]]:
     """Label key -> class names (index = label)."""
     raise NotImplementedError
@@ -222,11 +273,13 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
   # --- shared ---------------------------------------------------------------------------------
   def _split_generators(self, dl_manager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
+    self.bad_rows = []
     for key, names in self._classes(manual_dir).items():
       self.info.features[key].names = list(names)
     self.info.metadata['skipped'] = {}
     self.info.metadata['num_skipped'] = {}
     splits = self._split_items(manual_dir)
+    self.info.metadata['bad_rows'] = sorted(set(self.bad_rows))
     for split, items in splits.items():
       if not items:
         raise ValueError(f'{self.name}: split {split!r} has no annotated items in {manual_dir}')
@@ -234,14 +287,14 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, items: list[Item]):
     cfg = self.builder_config
-    workers = cfg.num_workers or os.cpu_count() or 1
-    main_file = getattr(sys.modules.get('__main__'), '__file__', None)
-    if not main_file or not os.path.exists(main_file):
-      workers = 1  # spawned workers re-import __main__: impossible from stdin / interactive
+    workers = self.num_workers or int(os.environ.get(WORKERS_ENV, 0) or 0) or os.cpu_count() or 1
     jobs = [(it, cfg) for it in items]
     skipped = []
     if workers > 1 and len(items) > 1:
-      ctx = multiprocessing.get_context('spawn')
+      # Workers forked from a fresh server process that imported only this module: they never
+      # re-import __main__ (under `tfds build` that would load TensorFlow in every worker).
+      ctx = multiprocessing.get_context('forkserver')
+      ctx.set_forkserver_preload([__name__])
       with ctx.Pool(workers) as pool:
         results: Iterable = pool.imap(_work, jobs, chunksize=4)
         yield from self._collect(results, skipped)
@@ -264,9 +317,10 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder):
       yield key, example
 
 
-def build(builder_cls, manual_dir, data_dir, config: VideoBuilderConfig | str | None = None):
+def build(builder_cls, manual_dir, data_dir, config: VideoBuilderConfig | str | None = None,
+          num_workers: int | None = None):
   """Equivalent of `tfds build <builder> --manual_dir=RAW --data_dir=OUT` (array_record)."""
-  builder = builder_cls(data_dir=str(data_dir), config=config, file_format='array_record')
+  builder = builder_cls(data_dir=str(data_dir), config=config, num_workers=num_workers)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return builder

@@ -30,7 +30,6 @@ def _names(manual_dir, fname, n):
 class Ek100(base.VideoBuilder):
   """EPIC-KITCHENS-100 trimmed action segments with verb and noun labels."""
   name = 'ek100'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'EPIC-KITCHENS-100 action segments (97 verbs, 300 nouns).'
   LABELS = ('verb', 'noun')
 
@@ -42,7 +41,7 @@ class Ek100(base.VideoBuilder):
     index = base.index_files(manual_dir)
     out = {}
     for split, fname in [('train', 'EPIC_100_train.csv'), ('validation', 'EPIC_100_validation.csv')]:
-      rows = base.read_csv(base.find(manual_dir, fname))
+      rows = self.read_csv(base.find(manual_dir, fname))
       out[split] = [
           base.Item(key=r['narration_id'], path=index.get(r['video_id'], r['video_id'] + '.MP4'),
                     labels={'verb': int(r['verb_class']), 'noun': int(r['noun_class'])},

@@ -19,11 +19,10 @@ HDF5_RATE = 24000
 class EpicSounds(base.VideoBuilder):
   """EPIC-SOUNDS (44 sound classes)."""
   name = 'epic_sounds'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'EPIC-SOUNDS audio-based interaction segments (44 classes).'
 
   def _rows(self, manual_dir):
-    return {split: base.read_csv(base.find(manual_dir, fname))
+    return {split: self.read_csv(base.find(manual_dir, fname))
             for split, fname in [('train', 'EPIC_Sounds_train.csv'),
                                  ('validation', 'EPIC_Sounds_validation.csv')]}
 

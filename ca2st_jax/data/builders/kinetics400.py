@@ -24,26 +24,28 @@ def _is_official(path) -> bool:
     return 'youtube_id' in f.readline()
 
 
-def _official_rows(path):
-  return [r for r in base.read_csv(path) if r.get('label')]
-
-
-def _list_rows(path):
+def _list_rows(path, bad_rows):
   rows = []
   with open(path) as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       parts = line.replace(',', ' ').split()
       if len(parts) >= 2:
         rows.append((parts[0], int(parts[-1])))
+      elif parts:
+        problem = f'{path}:{number}: expected `path label`: {line.strip()!r}'
+        base.log.warning('left out annotation row %s', problem)
+        bad_rows.append(problem)
   return rows
 
 
 class Kinetics400(base.VideoBuilder):
   """Kinetics-400 clips with audio, JPEG frames."""
   name = 'kinetics400'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'Kinetics-400 (400 human action classes, ~10 s YouTube clips).'
   CLASS_FILTER: tuple[str, ...] | None = None   # Kinetics-Sounds keeps a subset
+
+  def _official_rows(self, path):
+    return [r for r in self.read_csv(path) if r.get('label')]
 
   def _split_files(self, manual_dir):
     out = {}
@@ -60,11 +62,11 @@ class Kinetics400(base.VideoBuilder):
   def _all_classes(self, manual_dir):
     train = self._split_files(manual_dir)['train']
     if _is_official(train):
-      return sorted({r['label'] for r in _official_rows(train)})
+      return sorted({r['label'] for r in self._official_rows(train)})
     labels = list(manual_dir.rglob('labels.txt'))
     if labels:
       return [l.strip() for l in open(labels[0]) if l.strip()]
-    n = max(l for _, l in _list_rows(train)) + 1
+    n = max(l for _, l in _list_rows(train, self.bad_rows)) + 1
     return [str(i) for i in range(n)]
 
   def _classes(self, manual_dir):
@@ -89,7 +91,7 @@ class Kinetics400(base.VideoBuilder):
     for split, path in files.items():
       items = []
       if _is_official(path):
-        rows = _official_rows(path)
+        rows = self._official_rows(path)
         if not rows:
           continue  # an unlabelled test.csv
         for r in rows:
@@ -100,7 +102,7 @@ class Kinetics400(base.VideoBuilder):
           items.append(base.Item(key=stem, path=p or str(manual_dir / (stem + '.mp4')),
                                  labels={'label': to_id[r['label']]}, video_id=stem))
       else:
-        for rel, lab in _list_rows(path):
+        for rel, lab in _list_rows(path, self.bad_rows):
           name = all_names[lab]
           if name not in to_id:
             continue

@@ -24,7 +24,6 @@ KINETICS_SOUNDS_CLASSES = (
 class KineticsSounds(kinetics400.Kinetics400):
   """Kinetics-Sounds (32 classes) from the Kinetics-400 download."""
   name = 'kinetics_sounds'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'Kinetics-Sounds: 32 Kinetics-400 classes with distinctive sounds.'
   CLASS_FILTER = KINETICS_SOUNDS_CLASSES
 

@@ -20,7 +20,6 @@ def _template(t: str) -> str:
 class Ssv2(base.VideoBuilder):
   """Something-Something-V2 (174 classes, webm, no audio)."""
   name = 'ssv2'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'Something-Something-V2 (174 template classes).'
   BUILDER_CONFIGS = [base.VideoBuilderConfig(name='default', with_audio=False,
                                              description='short side 256, native fps, no audio')]

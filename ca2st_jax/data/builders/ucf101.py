@@ -16,7 +16,6 @@ from ca2st_jax.data.builders import base
 class Ucf101Av(base.VideoBuilder):
   """UCF-101 (101 classes, three official splits) with audio."""
   name = 'ucf101_av'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'UCF-101 action recognition with the audio track.'
   BUILDER_CONFIGS = [base.VideoBuilderConfig(name=f'split{k}', fold=k,
                                              description=f'official split {k}')

@@ -17,14 +17,12 @@ def clip_stem(ytid: str, start) -> str:
 class Vggsound(base.VideoBuilder):
   """VGGSound audio-visual clips (309 classes)."""
   name = 'vggsound'
-  MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
   DESCRIPTION = 'VGGSound: 10 s YouTube clips, 309 sound classes.'
   CSV_NAME = 'vggsound.csv'
   SPLITS = {'train': 'train', 'test': 'test'}
 
   def _rows(self, manual_dir):
-    return [r for r in base.read_csv(base.find(manual_dir, self.CSV_NAME), header=False)
-            if len(r) >= 4]
+    return self.read_csv(base.find(manual_dir, self.CSV_NAME), header=False, min_columns=4)
 
   def _classes(self, manual_dir):
     return {'label': sorted({r[2].strip() for r in self._rows(manual_dir)})}
