@@ -58,6 +58,20 @@ def main(argv):
     report.run_post(config, workdir, config_args)
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line error for an unknown --config.x (ml_collections raises a bare
+  AttributeError/KeyError from deep inside the override)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+    where = bad[0] if bad else "a --config.* override"
+    print(f"error: {where}: the config has no field {key!r} (see the config file for its fields)",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

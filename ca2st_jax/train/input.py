@@ -9,7 +9,6 @@ its position is checkpointed, else the trainer re-skips `step` batches on resume
 from __future__ import annotations
 
 import collections
-import importlib
 import time
 from typing import Iterator
 
@@ -136,12 +135,15 @@ class InMemorySource:
 
 
 def source_from_config(config):
-  """The data helper's pipeline for config.data (ca2st_jax.data.make_source), if it exists."""
-  try:
-    data = importlib.import_module("ca2st_jax.data")
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError(f"ca2st_jax.data is not importable: {e}") from e
-  for name in ("make_source", "build_source", "make_input_source"):
-    if hasattr(data, name):
-      return getattr(data, name)(config)
-  raise RuntimeError("ca2st_jax.data has no make_source(config); the input pipeline has not landed yet")
+  """The data pipeline for config.data (ca2st_jax.data.make_source).
+
+  With several processes, process 0 opens it first (opening may build the synthetic set), the
+  others once it has.
+  """
+  from ca2st_jax import data  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return data.make_source(config)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  source = data.make_source(config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("data source opened by process 0")
+  return source or data.make_source(config)

@@ -218,7 +218,8 @@ def import_init(config, setup: Setup, state, frozen, rest):
     return state, frozen
   from ca2st_jax.checkpoints import torch_import  # pylint: disable=g-import-not-at-top
   host = lambda tree: jax.tree.map(evaluate_lib.gather, tree)  # pylint: disable=unnecessary-lambda-assignment
-  model = nnx.merge(setup.graphdef, host(state["params"]), host(frozen), host(rest))
+  # rest (RNG streams) is not touched by the import, so it stays as it is.
+  model = nnx.merge(setup.graphdef, host(state["params"]), host(frozen), rest)
   done = torch_import.load_into(model, init, config.model)
   print(f"Initialised from config.init: {done}", flush=True)
   _, params, frozen, _ = nnx.split(model, setup.trainable, nnx.Param, ...)
