@@ -1,6 +1,7 @@
 """The loop: SIGTERM → save → resume is bit-identical; --mode=eval reproduces; guard rails."""
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -106,3 +107,42 @@ def test_nonfinite_loss_stops_with_message(tmp_path):
   # keep step 1 finite: the first global batch comes from the epoch-0 permutation; poison all rows
   with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
     trainer.train_and_evaluate(cfg, str(tmp_path), "train", source=src, model_lib=toy.LIB)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_newest_good_step(uninterrupted, tmp_path):
+  full_wd, cfg, full_res = uninterrupted
+  wd = str(tmp_path / "wd")
+  shutil.copytree(full_wd, wd)
+  steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "ckpt")) if d.isdigit())
+  assert steps == [4, 6]
+  for root, _, files in os.walk(os.path.join(wd, "ckpt", "6", "state")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"not a checkpoint")
+  with pytest.raises(orbax_ckpt.CheckpointError, match=r"checkpoint step 6 \(.*ckpt/6\) cannot"):
+    trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg), model_lib=toy.LIB,
+                               ckpt_fallback=False)
+  res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg),
+                                   model_lib=toy.LIB)
+  a, b = _params(wd, cfg), _params(full_wd, cfg)  # step 6 again, trained from step 4
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert res["top1"] == pytest.approx(full_res["top1"])
+
+
+def test_class_count_checked_and_config_written_only_once_data_opened(tmp_path):
+  cfg = toy.config(total_steps=2)
+
+  class SevenClasses(input_lib.InMemorySource):
+    def num_classes(self):
+      return {"label": 7}
+
+  train, ev = toy.data()
+  src = SevenClasses(train, ev, global_batch=8, eval_batch_size=8)
+  with pytest.raises(ValueError, match=r"config.model.num_classes=5 but the data set .* 7 classes"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "a"), "train", source=src, model_lib=toy.LIB)
+  assert not os.path.exists(tmp_path / "a" / "config.json")
+  cfg.data = dict(name="no_such_dataset", data_dir=str(tmp_path / "nothing"))
+  with pytest.raises(Exception):  # the data set cannot be opened
+    trainer.train_and_evaluate(cfg, str(tmp_path / "b"), "train", model_lib=toy.LIB)
+  assert not os.path.exists(tmp_path / "b" / "config.json")  # so a corrected rerun is not refused

@@ -46,6 +46,7 @@ class Checkpointer:
     self.abstract_frozen, self.frozen_shardings = abstract_frozen, frozen_shardings
     # The frozen experts are saved too (self-contained checkpoints) unless there are none.
     self.save_frozen = bool(save_frozen) and bool(jax.tree.leaves(abstract_frozen))
+    self.unreadable = set()  # latest-checkpoint steps that failed to restore
     workdir = epath.Path(workdir)
     self.dirs = {"latest": workdir / "ckpt", "best": workdir / "best"}
     names = ("state", "frozen", "data", "meta") if self.save_frozen else ("state", "data", "meta")
@@ -76,6 +77,9 @@ class Checkpointer:
 
   def save(self, step, state, frozen, data_state, meta, best=False):
     manager = self.best if best else self.latest
+    if not best and step in self.unreadable:  # replaced by the resumed run's own save
+      manager.delete(step)
+      self.unreadable.discard(step)
     if step in manager.all_steps():
       return
     items = dict(state=ocp.args.StandardSave(flatten(state)),
@@ -99,6 +103,28 @@ class Checkpointer:
     state = unflatten(r["state"], self.abstract_state)
     frozen = unflatten(r["frozen"], self.abstract_frozen) if self.save_frozen else None
     return state, frozen, r["data"], r["meta"]
+
+  def restore_newest_good(self, fallback: bool = True):
+    """(step, restored) of the newest latest-checkpoint step that reads back.
+
+    A step that does not read raises CheckpointError naming it, or with `fallback` is reported and
+    the next older step tried.
+    """
+    steps = sorted(self.latest.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        return step, self.restore(step)
+      except Exception as e:  # pylint: disable=broad-except
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = (f"checkpoint step {step} ({self.dirs['latest'] / str(step)}) cannot be read: "
+               f"{type(e).__name__}: {first[:300]}")
+        if not fallback or i + 1 == len(steps):
+          hint = ("; no older step to fall back to" if fallback else
+                  "; run without --nockpt_fallback to resume from the newest good step instead")
+          raise CheckpointError(msg + hint) from None
+        print(f"{msg}; falling back to step {steps[i + 1]}", flush=True)
+        self.unreadable.add(step)
+    return None, None
 
   def reached_preemption(self, step) -> bool:
     """True on every process at the same step once any process got SIGTERM (multi-process runs:

@@ -249,10 +249,12 @@ def check_classes(config, source):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train_and_eval",
-                       *, source=None, model_lib=None, devices=None, step_hook=None) -> dict:
+                       *, source=None, model_lib=None, devices=None, step_hook=None,
+                       ckpt_fallback=True) -> dict:
   """Runs `mode` in {'train', 'eval', 'train_and_eval'}; returns the last eval metrics (or {}).
 
   `step_hook(step)` is called after each train step (tests use it to send SIGTERM).
+  `ckpt_fallback`: resume from the newest checkpoint that reads back when the latest does not.
   """
   if mode not in ("train", "eval", "train_and_eval"):
     raise ValueError(f"--mode={mode!r}: expected train, eval or train_and_eval")
@@ -274,9 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
 
   state, frozen, rest = setup.init_fn()
   data_state, meta = {}, {}
-  start = ckpt.latest_step()
+  start, restored = ckpt.restore_newest_good(ckpt_fallback)
   if start is not None:
-    state, restored_frozen, data_state, meta = ckpt.restore(start)
+    state, restored_frozen, data_state, meta = restored
     if restored_frozen is not None:
       frozen = restored_frozen
     print(f"Resumed from {workdir}/ckpt step {start}", flush=True)
