@@ -49,8 +49,9 @@ def audio_visual_recipe(config, variant: str, *, with_map: bool = False):
       batch_size=12, accum_steps=1, total_epochs=50, warmup_epochs=5,
       total_steps=placeholder(int), warmup_steps=placeholder(int),
       trainable='reference', mixup_alpha=0.8, mixup_prob=0.9, label_smoothing=0.1,
-      log_every=50, eval_every=0, ckpt_every=1000, keep_ckpts=2,
-      mesh=dict(data=-1, fsdp=1, tensor=1)))
+      log_every=50, eval_every=0, ckpt_every=1000))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.ckpt = ml_collections.ConfigDict(dict(keep=2))
   config.optim = ml_collections.ConfigDict(dict(
       lr=0.0005, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
       layer_decay=0.8, clip_grad_norm=placeholder(float), betas=(0.9, 0.999), eps=1e-8))

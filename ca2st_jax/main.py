@@ -20,6 +20,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
+flags.DEFINE_bool("ckpt_fallback", True, "When the latest checkpoint cannot be read, resume from the "
+                  "newest one that can (saying so); --nockpt_fallback stops instead.")
 
 
 def main(argv):
@@ -41,12 +43,15 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   for name, value in (config.get("jax_config", None) or {}).items():
     jax.config.update(name, value)
+  from ca2st_jax.checkpoints import orbax as orbax_ckpt  # pylint: disable=g-import-not-at-top
   from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
   print(f"ca2st_jax: mode={flags.FLAGS.mode} workdir={workdir} devices={jax.device_count()} "
         f"({jax.devices()[0].platform})", flush=True)
   try:
-    result = trainer.train_and_evaluate(config, workdir, flags.FLAGS.mode)
-  except (ValueError, FileNotFoundError, trainer.NonFiniteLossError) as e:
+    result = trainer.train_and_evaluate(config, workdir, flags.FLAGS.mode,
+                                        ckpt_fallback=flags.FLAGS.ckpt_fallback)
+  except (ValueError, FileNotFoundError, trainer.NonFiniteLossError,
+          orbax_ckpt.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   if result.get("preempted"):
@@ -58,6 +63,20 @@ def main(argv):
     report.run_post(config, workdir, config_args)
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line error for an unknown --config.x (ml_collections raises a bare
+  AttributeError/KeyError from deep inside the override)."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("\"'")
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+    where = bad[0] if bad else "a --config.* override"
+    print(f"error: {where}: the config has no field {key!r} (see the config file for its fields)",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -33,8 +33,9 @@ def get_config(arg=None):
       total_steps=ml_collections.config_dict.placeholder(int),
       warmup_steps=ml_collections.config_dict.placeholder(int),
       trainable='reference', mixup_alpha=0.8, mixup_prob=0.9, label_smoothing=0.1,
-      log_every=50, eval_every=0, ckpt_every=1000, keep_ckpts=2,
-      mesh=dict(data=-1, fsdp=1, tensor=1)))
+      log_every=50, eval_every=0, ckpt_every=1000))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.ckpt = ml_collections.ConfigDict(dict(keep=2))
   config.optim = ml_collections.ConfigDict(dict(
       lr=0.001, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
       layer_decay=0.75, clip_grad_norm=ml_collections.config_dict.placeholder(float),

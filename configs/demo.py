@@ -49,7 +49,7 @@ def get_config(arg=None):
       audio=True, audio_sample_rate=16000, spec_augment=False,
   ))
 
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.train = ml_collections.ConfigDict(dict(
       batch_size=16, total_steps=4500, warmup_steps=50, accum_steps=1, trainable='all',
       mixup_alpha=0.8, mixup_prob=0.0, label_smoothing=0.1,

@@ -83,7 +83,7 @@ def test_export_from_a_training_workdir(tmp_path):
   kernel = state['params']['head']['kernel']
   state['params']['head']['kernel'] = kernel.replace(
       jax.device_put(np.full(kernel.shape, 0.25, np.float32), kernel.get_value().sharding))
-  ckpt = trainer.Checkpointer(str(tmp_path), setup, config.ckpt)
+  ckpt = trainer.checkpointer(config, str(tmp_path), setup)
   ckpt.save(3, state, frozen, {}, {})
   ckpt.wait()
   ckpt.close()

@@ -51,3 +51,23 @@ def test_paper_config_recipes_resolve(name):
     assert steps["total_steps"] > 0 and 0 <= steps["warmup_steps"] < steps["total_steps"]
     lr, _, _ = optim.scaled_lrs(cfg.optim, cfg.train.batch_size)
     assert lr > 0
+
+
+def test_nonpositive_total_steps_refused():
+  from ca2st_jax.train import optim
+  import ml_collections
+  with pytest.raises(ValueError, match=r"config.train.total_steps=-5: a run needs at least one step"):
+    optim.steps_from_config(ml_collections.ConfigDict(dict(total_steps=-5)), None, 8)
+
+
+def test_unknown_config_field_is_a_one_line_error(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "ca2st_jax.main", "--config=configs/demo.py",
+                      "--config.train.no_such_field=3", f"--workdir={tmp_path}"],
+                     capture_output=True, text=True, timeout=300, cwd=root,
+                     env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 2
+  assert r.stderr.strip() == ("error: --config.train.no_such_field: the config has no field "
+                              "'no_such_field' (see the config file for its fields)"), r.stderr

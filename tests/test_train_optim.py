@@ -92,22 +92,3 @@ def test_matches_torch_adamw_param_groups():
     topt.step()
   for a, tp in zip(jax.tree.leaves(p), tparams):
     np.testing.assert_allclose(np.asarray(a), tp.detach().numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_accumulation_equals_big_batch():
-  """MultiSteps over k micro-batches of mean gradients == one step on their average."""
-  p = {"w": jnp.arange(6.0).reshape(2, 3)}
-  cfg1 = _cfg(layer_decay=1.0)
-  cfg2 = _cfg(layer_decay=1.0, accum_steps=2)
-  tx1, _ = optim.make_optimizer(cfg1, p, global_batch=256, total_steps=4, warmup_steps=1)
-  tx2, _ = optim.make_optimizer(cfg2, p, global_batch=256, total_steps=4, warmup_steps=1)
-  g1, g2 = {"w": jnp.ones((2, 3))}, {"w": jnp.full((2, 3), 3.0)}
-  s1, s2 = tx1.init(p), tx2.init(p)
-  u, s1 = tx1.update({"w": (g1["w"] + g2["w"]) / 2}, s1, p)
-  big = jax.tree.map(jnp.add, p, u)
-  u, s2 = tx2.update(g1, s2, p)
-  acc = jax.tree.map(jnp.add, p, u)
-  np.testing.assert_array_equal(acc["w"], p["w"])  # no update mid-accumulation
-  u, s2 = tx2.update(g2, s2, acc)
-  acc = jax.tree.map(jnp.add, acc, u)
-  np.testing.assert_allclose(acc["w"], big["w"], rtol=1e-6)

@@ -1,6 +1,7 @@
 """The loop: SIGTERM → save → resume is bit-identical; --mode=eval reproduces; guard rails."""
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 import test_train_toy as toy
+from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import trainer
 
@@ -22,15 +24,15 @@ def _source(cfg, **kw):
 
 def _params(workdir, cfg):
   setup = trainer.build_setup(cfg, model_lib=toy.LIB)
-  ck = trainer.Checkpointer(workdir, setup, cfg.ckpt)
+  ck = trainer.checkpointer(cfg, workdir, setup)
   state, _, _, _ = ck.restore()
   ck.close()
-  return trainer._flat(jax.device_get(state))
+  return orbax_ckpt.flatten(jax.device_get(state))
 
 
 def _cfg():
   cfg = toy.config(total_steps=STEPS, ckpt_every=2, log_every=2, eval_every=3)
-  cfg.mesh.update(data=2, fsdp=2, tensor=2)
+  cfg.mesh.update(data=2, fsdp=4)
   return cfg
 
 
@@ -64,9 +66,9 @@ def test_sigterm_then_resume_is_bit_identical(uninterrupted, tmp_path):
 
 def test_eval_mode_reproduces_final_eval(uninterrupted):
   wd, cfg, res = uninterrupted
-  # restore onto a different mesh shape: (2,2,2) checkpoint evaluated on (8,1,1) and on 1 device
+  # restore onto a different mesh shape: (2,4) checkpoint evaluated on (8,1) and on 1 device
   cfg_other_mesh = _cfg()
-  cfg_other_mesh.mesh.update(data=8, fsdp=1, tensor=1)
+  cfg_other_mesh.mesh.update(data=8, fsdp=1)
   again = trainer.train_and_evaluate(cfg_other_mesh, wd, "eval", source=_source(cfg),
                                      model_lib=toy.LIB)
   for k, v in res.items():
@@ -74,8 +76,8 @@ def test_eval_mode_reproduces_final_eval(uninterrupted):
   p8 = _params(wd, cfg_other_mesh)
   cfg_other_mesh.mesh.update(data=1)
   p1 = trainer.build_setup(cfg_other_mesh, model_lib=toy.LIB, devices=jax.devices()[:1])
-  ck = trainer.Checkpointer(wd, p1, cfg.ckpt)
-  state1 = trainer._flat(jax.device_get(ck.restore()[0]))
+  ck = trainer.checkpointer(cfg, wd, p1)
+  state1 = orbax_ckpt.flatten(jax.device_get(ck.restore()[0]))
   ck.close()
   for k in p8:
     np.testing.assert_array_equal(p8[k], state1[k], err_msg=k)
@@ -105,3 +107,42 @@ def test_nonfinite_loss_stops_with_message(tmp_path):
   # keep step 1 finite: the first global batch comes from the epoch-0 permutation; poison all rows
   with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss"):
     trainer.train_and_evaluate(cfg, str(tmp_path), "train", source=src, model_lib=toy.LIB)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_newest_good_step(uninterrupted, tmp_path):
+  full_wd, cfg, full_res = uninterrupted
+  wd = str(tmp_path / "wd")
+  shutil.copytree(full_wd, wd)
+  steps = sorted(int(d) for d in os.listdir(os.path.join(wd, "ckpt")) if d.isdigit())
+  assert steps == [4, 6]
+  for root, _, files in os.walk(os.path.join(wd, "ckpt", "6", "state")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"not a checkpoint")
+  with pytest.raises(orbax_ckpt.CheckpointError, match=r"checkpoint step 6 \(.*ckpt/6\) cannot"):
+    trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg), model_lib=toy.LIB,
+                               ckpt_fallback=False)
+  res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg),
+                                   model_lib=toy.LIB)
+  a, b = _params(wd, cfg), _params(full_wd, cfg)  # step 6 again, trained from step 4
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert res["top1"] == pytest.approx(full_res["top1"])
+
+
+def test_class_count_checked_and_config_written_only_once_data_opened(tmp_path):
+  cfg = toy.config(total_steps=2)
+
+  class SevenClasses(input_lib.InMemorySource):
+    def num_classes(self):
+      return {"label": 7}
+
+  train, ev = toy.data()
+  src = SevenClasses(train, ev, global_batch=8, eval_batch_size=8)
+  with pytest.raises(ValueError, match=r"config.model.num_classes=5 but the data set .* 7 classes"):
+    trainer.train_and_evaluate(cfg, str(tmp_path / "a"), "train", source=src, model_lib=toy.LIB)
+  assert not os.path.exists(tmp_path / "a" / "config.json")
+  cfg.data = dict(name="no_such_dataset", data_dir=str(tmp_path / "nothing"))
+  with pytest.raises(Exception):  # the data set cannot be opened
+    trainer.train_and_evaluate(cfg, str(tmp_path / "b"), "train", model_lib=toy.LIB)
+  assert not os.path.exists(tmp_path / "b" / "config.json")  # so a corrected rerun is not refused

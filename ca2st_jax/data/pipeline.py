@@ -1,9 +1,11 @@
 """Grain input pipelines: ArrayRecord (TFDS) → decode/sample/augment → per-host numpy batches.
 
-Train: `MapDataset(source) → shuffle(seed) → repeat → [host::hosts] → random_map(clip) →
-batch(per-host, drop_remainder) → to_iter_dataset → mp_prefetch(workers)`. Each element's
-randomness comes from Grain's per-index generator (seeded by `config.data.seed`), so a run is
-reproducible and the iterator's `get_state()`/`set_state()` resumes at the next unseen batch.
+Train: `MapDataset(source) → shuffle(seed) → repeat → random_map(clip) → batch(per-host,
+drop_remainder) → [host::hosts] → to_iter_dataset → mp_prefetch(workers)`. Each element's
+randomness comes from Grain's generator for its index in the *global* stream (seeded by
+`config.data.seed`), so hosts draw different augmentations, a run is reproducible per (seed, step,
+host), and global batch t is the same clips for any number of hosts (host k holds its k-th
+slice). The iterator's `get_state()`/`set_state()` resumes at the next unseen batch.
 Eval: every (video, clip, crop) view, deterministic, padded to whole batches on every host
 (`mask` False on padding), with `video_index` to average the views of one video.
 
@@ -238,9 +240,10 @@ def train_dataset(source, opts: ClipOptions, *, batch_size: int, seed: int = 0,
                   prefetch: int = 2) -> grain.IterDataset:
   """Infinite per-host training batches (`batch_size` per host)."""
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds[host_index::host_count]
+  # Augment, then split: slicing first would give host k's i-th clip host 0's i-th draws.
   ds = ds.random_map(functools.partial(_train_map, opts=opts), seed=seed + 1)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
+  ds = ds[host_index::host_count]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if num_workers > 0:
     _ensure_flags_parsed()

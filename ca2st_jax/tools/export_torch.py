@@ -72,16 +72,16 @@ def model_from_workdir(config, workdir, setup=None):
   nothing is initialised, unless the checkpoint lacks the frozen experts (save_frozen=False):
   then they are rebuilt as training started them (fresh init + config.init imports).
   """
-  import ml_collections  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   try:
     from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise RuntimeError(f'--workdir needs ca2st_jax.train.trainer: {e}') from e
-  if not os.path.isdir(os.path.join(workdir, 'ckpt')):
+  if not (epath.Path(workdir) / 'ckpt').is_dir():
     raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
   setup = setup or trainer.build_setup(config)
-  ckpt = trainer.Checkpointer(workdir, setup, config.get('ckpt', ml_collections.ConfigDict()))
+  ckpt = trainer.checkpointer(config, workdir, setup)
   try:
     step = ckpt.latest_step()
     if step is None:
@@ -89,7 +89,7 @@ def model_from_workdir(config, workdir, setup=None):
     restored, frozen, _, _ = ckpt.restore(step)
     if frozen is None:
       state0, frozen0, rest0 = setup.init_fn()
-      _, frozen = trainer._maybe_import_init(config, setup, state0, frozen0, rest0)  # pylint: disable=protected-access
+      _, frozen = trainer.import_init(config, setup, state0, frozen0, rest0)
   finally:
     ckpt.close()
   model = nnx.merge(setup.graphdef, restored['params'], frozen, setup.abstract_rest)

@@ -8,11 +8,51 @@ its position is checkpointed, else the trainer re-skips `step` batches on resume
 """
 from __future__ import annotations
 
-import importlib
+import collections
+import time
 from typing import Iterator
 
 import jax
 import numpy as np
+
+from ca2st_jax.train import mesh as mesh_lib
+
+
+class DevicePrefetch:
+  """Global batches on device, `size` ahead of the step that uses them (big_vision's prefetch).
+
+  `wait_s` totals the time the loop spent waiting for the host pipeline (the share of step time
+  lost to input); `data_state()` is the host iterator's position after the last batch handed
+  out (not after the ones prefetched), for the checkpoint.
+  """
+
+  def __init__(self, host_iter, mesh, size: int = 2):
+    self.host_iter, self.mesh, self.size = host_iter, mesh, size
+    self.queue = collections.deque()
+    self.wait_s = 0.0
+    self.position = self._position()
+
+  def _position(self):
+    return self.host_iter.get_state() if hasattr(self.host_iter, "get_state") else {}
+
+  def _fill(self):
+    while len(self.queue) < self.size:
+      t = time.perf_counter()
+      host_batch = next(self.host_iter)
+      self.wait_s += time.perf_counter() - t
+      self.queue.append((mesh_lib.global_batch(host_batch, self.mesh), self._position()))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    self._fill()
+    batch, self.position = self.queue.popleft()
+    self._fill()  # starts the next transfers while this step runs
+    return batch
+
+  def data_state(self) -> dict:
+    return self.position
 
 
 class ArrayIterator:
@@ -95,12 +135,15 @@ class InMemorySource:
 
 
 def source_from_config(config):
-  """The data helper's pipeline for config.data (ca2st_jax.data.make_source), if it exists."""
-  try:
-    data = importlib.import_module("ca2st_jax.data")
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError(f"ca2st_jax.data is not importable: {e}") from e
-  for name in ("make_source", "build_source", "make_input_source"):
-    if hasattr(data, name):
-      return getattr(data, name)(config)
-  raise RuntimeError("ca2st_jax.data has no make_source(config); the input pipeline has not landed yet")
+  """The data pipeline for config.data (ca2st_jax.data.make_source).
+
+  With several processes, process 0 opens it first (opening may build the synthetic set), the
+  others once it has.
+  """
+  from ca2st_jax import data  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return data.make_source(config)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  source = data.make_source(config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("data source opened by process 0")
+  return source or data.make_source(config)

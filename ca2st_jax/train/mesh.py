@@ -1,64 +1,88 @@
-"""Device mesh, parameter sharding rules and host-batch → global-array assembly.
+"""Device mesh, parameter shardings and host-batch → global-array assembly.
 
-Mesh axes (data, fsdp, tensor), sizes from `config.mesh` (-1 = all remaining devices). Batches are split
-over (data, fsdp); parameters follow a short list of (regex, spec) rules matched against the
-'.'-joined parameter path (the same regex also matches the optimiser moments of that parameter, whose
-paths end with the parameter's). A spec gives one entry per array dimension (a mesh axis name, a tuple of
-them, or None); an axis that does not divide its dimension is dropped, so every rule is valid on every
-mesh. Then, with an fsdp axis > 1, the largest still-unsharded dimension divisible by it is sharded
-over 'fsdp' (ZeRO-3 style), for arrays of at least `fsdp_min_size` elements.
+Mesh axes (data, fsdp), sizes from `config.mesh` (-1 = all remaining devices), devices laid out by
+`mesh_utils.create_device_mesh` (the physical topology on TPU). Batches are split over
+(data, fsdp). Parameters, their optimiser moments and the frozen experts alike are sharded over
+'fsdp' (ZeRO-3 style): each array of at least `config.mesh.fsdp_min_size` elements on its largest
+dimension divisible by the fsdp size (the last such on a tie, so a leading stacked-layer axis is
+sharded only when it is the largest), the rest replicated.
+
+No tensor parallelism: these are ViT-B experts (768 wide, 12 heads, 86M parameters each), whose
+activations and fsdp-sharded weights fit one accelerator at the paper's per-chip batch, so
+splitting a layer across chips would only add collectives. Tensor parallelism would also need the
+fused q|k|v and k|v kernels laid out per head on each shard (a plain column split puts all of k on
+one shard and all of v on the other). `config.mesh.tensor` > 1 is therefore refused.
 """
 from __future__ import annotations
 
 import os
-import re
 from typing import Sequence
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
-# Megatron-style tensor parallelism for the projections; everything else replicated (+ fsdp).
-DEFAULT_RULES: tuple[tuple[str, tuple], ...] = (
-    (r"(fc1|qkv|\.q|\.kv|_down|c_fc)\.kernel$", (None, "tensor")),
-    (r"(fc1|qkv|\.q|\.kv|_down|c_fc)\.bias$", ("tensor",)),
-    (r"(fc2|\.proj|\.out|_up|c_proj|out_proj)\.kernel$", ("tensor", None)),
-    (r".*", ()),
-)
+# Environment of a multi-process launch outside SLURM and TPU VMs (launch/local.sh sets them).
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 
 def maybe_initialize_distributed():
-  """jax.distributed.initialize() when launched as several processes (SLURM, TPU pod, env vars)."""
-  multi = any(os.environ.get(v) for v in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
-  multi |= int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  multi |= bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-  if multi:
+  """jax.distributed.initialize() when launched as several processes.
+
+  SLURM and Cloud TPU VMs are detected by JAX itself. Elsewhere (e.g. launch/local.sh) set
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=i in every process.
+  """
+  coordinator = os.environ.get(ENV_COORDINATOR, "")
+  if coordinator:
+    missing = [v for v in (ENV_NUM_PROCESSES, ENV_PROCESS_ID) if not os.environ.get(v)]
+    if missing:
+      raise ValueError(f"{ENV_COORDINATOR}={coordinator} is set, so this is a multi-process launch, "
+                       f"but {' and '.join(missing)} are not")
+    jax.distributed.initialize(coordinator_address=coordinator,
+                               num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+                               process_id=int(os.environ[ENV_PROCESS_ID]))
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
     jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  else:
+    return
+  logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
-def make_mesh(mesh_cfg=None, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  devices = list(devices if devices is not None else jax.devices())
-  n = len(devices)
-  sizes = [int((mesh_cfg or {}).get(a, -1 if a == "data" else 1)) for a in AXES]
+def mesh_sizes(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  mesh_cfg = mesh_cfg or {}
+  if int(mesh_cfg.get("tensor", 1)) != 1:
+    raise ValueError(f"config.mesh.tensor={mesh_cfg.get('tensor')}: tensor parallelism is not "
+                     "supported (ViT-B experts fit one chip with fsdp; see train/mesh.py). Use "
+                     "config.mesh.fsdp to shard parameters.")
+  sizes = [int(mesh_cfg.get(a, -1 if a == "data" else 1)) for a in AXES]
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(AXES, sizes))}")
   if -1 in sizes:
     rest = int(np.prod([s for s in sizes if s != -1]))
-    if n % rest:
-      raise ValueError(f"config.mesh {dict(zip(AXES, sizes))}: {n} devices not divisible by {rest}")
-    sizes[sizes.index(-1)] = n // rest
-  if int(np.prod(sizes)) != n:
+    if num_devices % rest:
+      raise ValueError(f"config.mesh {dict(zip(AXES, sizes))}: {num_devices} devices not "
+                       f"divisible by {rest}")
+    sizes[sizes.index(-1)] = num_devices // rest
+  if int(np.prod(sizes)) != num_devices:
     raise ValueError(f"config.mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"have {n}")
-  auto = (jax.sharding.AxisType.Auto,) * len(AXES)
-  if devices == list(jax.devices()):
-    return jax.make_mesh(tuple(sizes), AXES, axis_types=auto)
-  return Mesh(np.asarray(devices).reshape(sizes), AXES, axis_types=auto)
+                     f"have {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg=None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The (data, fsdp) mesh over `devices` (default: all), in the physical device order."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = mesh_sizes(mesh_cfg, len(devices))
+  grid = mesh_utils.create_device_mesh(sizes, devices)
+  return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
 def _axis_size(mesh: Mesh, axis) -> int:
@@ -69,37 +93,23 @@ def _axis_size(mesh: Mesh, axis) -> int:
   return mesh.shape[axis]
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULES,
-             fsdp_min_size: int = 2 ** 14) -> P:
-  spec: list = [None] * len(shape)
-  for pattern, rule in rules:
-    if re.search(pattern, path):
-      if rule and len(rule) == len(shape):
-        spec = list(rule)
-      break
-  for i, (axis, dim) in enumerate(zip(spec, shape)):
-    if axis is not None and (dim % _axis_size(mesh, axis) or _axis_size(mesh, axis) == 1):
-      spec[i] = None
+def spec_for(shape: tuple[int, ...], mesh: Mesh, fsdp_min_size: int = 2 ** 14) -> P:
+  """fsdp on the largest dimension divisible by the fsdp size (the last on a tie), else replicated."""
   f = mesh.shape.get("fsdp", 1)
-  if f > 1 and int(np.prod(shape, dtype=np.int64)) >= fsdp_min_size:
-    free = [i for i, a in enumerate(spec) if a is None and shape[i] % f == 0]
-    if free:
-      i = max(free, key=lambda j: shape[j])
-      spec[i] = "fsdp"
-  while spec and spec[-1] is None:
-    spec.pop()
-  return P(*spec)
+  if f == 1 or int(np.prod(shape, dtype=np.int64)) < fsdp_min_size:
+    return P()
+  free = [i for i, d in enumerate(shape) if d % f == 0]
+  if not free:
+    return P()
+  i = max(free, key=lambda j: (shape[j], j))
+  return P(*([None] * i), "fsdp")
 
 
-def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES, fsdp_min_size: int = 2 ** 14):
-  """NamedSharding for every leaf of an (abstract) pytree, by rule on its '.'-joined path."""
-
-  def one(kp, leaf):
-    path = jax.tree_util.keystr(kp, simple=True, separator=".").removesuffix(".value")
-    shape = tuple(getattr(leaf, "shape", ()))
-    return NamedSharding(mesh, spec_for(path, shape, mesh, rules, fsdp_min_size))
-
-  return jax.tree_util.tree_map_with_path(one, tree)
+def tree_shardings(tree, mesh: Mesh, fsdp_min_size: int = 2 ** 14):
+  """NamedSharding for every leaf of an (abstract) pytree."""
+  return jax.tree.map(
+      lambda leaf: NamedSharding(mesh, spec_for(tuple(getattr(leaf, "shape", ())), mesh,
+                                                fsdp_min_size)), tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

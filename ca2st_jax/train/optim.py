@@ -1,4 +1,4 @@
-"""Optimiser of SPEC §9: AdamW + weight-decay mask + layer decay + warm-up/cosine + clipping + accumulation.
+"""Optimiser of SPEC §9: AdamW + weight-decay mask + layer decay + warm-up/cosine + clipping.
 
 The reference (util_tools/optim_factory.py, run_bidirection.py) builds torch param groups; here the same
 numbers come from three per-parameter trees over the *trainable* state only:
@@ -10,7 +10,8 @@ numbers come from three per-parameter trees over the *trainable* state only:
     scaled by global_batch / 256 as the reference does.
 
 torch AdamW applies `p -= lr * scale * (adam(g) + wd * p)`; the chain below computes exactly that.
-Gradient accumulation uses `optax.MultiSteps`, so the schedule advances once per *optimiser* step.
+Gradient accumulation (config.train.accum_steps) is the train step's scan over micro-batches: the
+optimiser sees one averaged gradient per step.
 """
 from __future__ import annotations
 
@@ -149,11 +150,7 @@ def make_optimizer(optim_cfg, params, *, global_batch: int, total_steps: int, wa
   chain.append(optax.scale_by_learning_rate(schedule))
   chain.append(scale_by_tree(layer_scales(params, layer_id_fn, depth,
                                           optim_cfg.get("layer_decay", 1.0))))
-  tx = optax.chain(*chain)
-  accum = int(optim_cfg.get("accum_steps", 1))
-  if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx, schedule
+  return optax.chain(*chain), schedule
 
 
 def steps_from_config(train_cfg, num_train_examples: int | None, global_batch: int) -> dict[str, int]:
@@ -174,5 +171,7 @@ def steps_from_config(train_cfg, num_train_examples: int | None, global_batch: i
   total = resolve("total")
   if total is None:
     raise ValueError("config.train needs total_steps or total_epochs")
+  if total <= 0:
+    raise ValueError(f"config.train.total_steps={total}: a run needs at least one step")
   warmup = resolve("warmup") or 0
   return {"total_steps": total, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch or 0}

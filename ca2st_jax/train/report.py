@@ -1,19 +1,16 @@
 """After-training outputs of a run (configs/demo.py turns them on with config.post):
-report.png (loss curve, val top-1 curve, confusion matrix) and a PyTorch export of the final model."""
+report.png (loss curve, val top-1 curve, confusion matrix) and a PyTorch export of the final model.
+Workdir files go through etils.epath (a gs:// workdir works like a local one)."""
 from __future__ import annotations
 
-import json
+import io
 import os
+import tempfile
 
 import numpy as np
+from etils import epath
 
-
-def read_metrics(workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+from ca2st_jax.train.writer import read_metrics
 
 
 def class_names(config, n):
@@ -34,7 +31,7 @@ def write_report(config, workdir, out_name="report.png"):
   recs = read_metrics(workdir)
   train = [r for r in recs if r.get("split") == "train"]
   val = [r for r in recs if r.get("split") == "val" and "top1" in r]
-  cm_path = os.path.join(workdir, "confusion_matrix.npy")
+  cm_path = epath.Path(workdir) / "confusion_matrix.npy"
   fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
   ax = axes[0]
   ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
@@ -48,8 +45,9 @@ def write_report(config, workdir, out_name="report.png"):
   ax.legend(loc="center left")
   ax2.legend(loc="center right")
   ax = axes[1]
-  if os.path.exists(cm_path):
-    cm = np.load(cm_path)
+  if cm_path.exists():
+    with cm_path.open("rb") as f:
+      cm = np.load(f)
     names = class_names(config, cm.shape[0])
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
@@ -63,10 +61,12 @@ def write_report(config, workdir, out_name="report.png"):
     top1 = val[-1]["top1"] if val else float("nan")
     ax.set_title(f"confusion matrix (val top-1 {top1:.3f})")
   fig.tight_layout()
-  path = os.path.join(workdir, out_name)
-  fig.savefig(path, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
-  return path
+  path = epath.Path(workdir) / out_name
+  path.write_bytes(png.getvalue())
+  return str(path)
 
 
 def export_torch(config, workdir, config_args=()):
@@ -84,15 +84,18 @@ def export_torch(config, workdir, config_args=()):
   if importlib.util.find_spec("ca2st_jax.tools.export_torch") is None:
     print("PyTorch export skipped: ca2st_jax.tools.export_torch is not available", flush=True)
     return None
-  out = os.path.join(workdir, "model_torch.pt")
-  cmd = [sys.executable, "-m", "ca2st_jax.tools.export_torch", *config_args,
-         f"--workdir={workdir}", f"--output={out}"]
-  r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if r.returncode:
-    print(f"PyTorch export failed ({' '.join(cmd)}):\n{r.stderr[-2000:]}", flush=True)
-    return None
+  out = epath.Path(workdir) / "model_torch.pt"
+  with tempfile.TemporaryDirectory() as tmp:  # the exporter writes a local file; copied after
+    local = os.path.join(tmp, "model_torch.pt")
+    cmd = [sys.executable, "-m", "ca2st_jax.tools.export_torch", *config_args,
+           f"--workdir={workdir}", f"--output={local}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode:
+      print(f"PyTorch export failed ({' '.join(cmd)}):\n{r.stderr[-2000:]}", flush=True)
+      return None
+    out.write_bytes(epath.Path(local).read_bytes())
   print(f"PyTorch export: {out}", flush=True)
-  return out
+  return str(out)
 
 
 def run_post(config, workdir, config_args=()):
