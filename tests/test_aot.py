@@ -13,13 +13,29 @@ import pytest
 from ca2st_jax.tools import aot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed(module):
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # its parent package is missing
+    return False
+
+
 NEEDS_LIBTPU = pytest.mark.skipif(
-    importlib.util.find_spec("libtpu") is None,
+    not _installed("libtpu"),
     reason="libtpu is not installed (pip install -e '.[aot]'): no compiler for the TPU targets")
 
 
+NEEDS_CUDA_PLUGIN = pytest.mark.skipif(
+    not _installed("jax_plugins.xla_cuda12"),
+    reason="jax-cuda12-plugin and jax-cuda12-pjrt (the jax version's) are not installed: no "
+           "compiler for the GPU target")
+
+
 def run_aot(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "ca2st_jax.tools.aot", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -34,7 +50,7 @@ def load_config(name, variant=""):
 def test_topology_names_as_cloud_tpu_spells_them():
   v5p = aot.parse_topology("v5p-128")
   assert v5p.chips == 64 and v5p.hbm_bytes == 95 * 2 ** 30  # 128 TensorCores, two per chip
-  assert v5p.describe() == dict(topology_name="v5:4x4x4", chip_config_name="megacore",
+  assert v5p.describe() == dict(topology_name="v5:4x4x4", platform="tpu", chip_config_name="megacore",
                                 chips_per_host_bounds=(2, 2, 1), num_slices=1,
                                 wrap=(True, True, True))
   assert aot.parse_topology("v4-8").describe()["topology_name"] == "v4:2x2x1"
@@ -44,7 +60,10 @@ def test_topology_names_as_cloud_tpu_spells_them():
   assert v5e["chip_config_name"] == "default" and v5e["num_slices"] == 2
   assert aot.parse_topology("v5litepod-8").describe()["chips_per_host_bounds"] == (2, 4, 1)
   assert aot.parse_topology("v6e-8").describe()["topology_name"] == "v6e:2x4"
-  for bad in ("v5p-6", "v5e-12", "tpu-8", "v5p-3"):
+  h100 = aot.parse_topology("h100-8", num_slices=2)
+  assert h100.describe()["topology"] == "1x2x8" and h100.describe()["platform"] == "cuda"
+  assert h100.hbm_bytes == int(0.9 * aot.H100_MEMORY_BYTES)
+  for bad in ("v5p-6", "v5e-12", "tpu-8", "v5p-3", "h100-16"):
     with pytest.raises(ValueError, match="--topology"):
       aot.parse_topology(bad)
 
@@ -111,6 +130,18 @@ def test_too_large_a_batch_does_not_fit():
   found = re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB", proc.stdout)
   assert found, proc.stdout
   assert float(found[1]) > float(found[2]) > 15
+
+
+@NEEDS_CUDA_PLUGIN
+def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=h100-8", "--per_device_batch=2",
+                 "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (r["num_devices"], r["global_batch"], r["fits"]) == (8, 16, True)
+  assert r["device_kind"] == "NVIDIA H100 80GB HBM3"
+  assert 0 < r["peak_bytes_per_device"] < r["hbm_bytes_per_device"] == int(0.9 * aot.H100_MEMORY_BYTES)
+  assert r["eval_flops_per_device"] == pytest.approx(2 * r["forward_macs_per_clip"] * 16 / 8)
 
 
 def test_per_device_batch_must_split_the_config_batch():

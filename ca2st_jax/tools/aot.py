@@ -72,25 +72,58 @@ FAMILIES = {
 }
 ALIASES = {"v5litepod": "v5e"}
 
+# An H100 SXM 80GB as XLA's GPU compiler sees it (GpuTargetConfigProto; no GPU needed to compile).
+H100_MEMORY_BYTES = 84_929_347_584
+H100_TARGET_CONFIG = f"""
+gpu_device_info {{
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  core_count: 132  fpus_per_core: 128  clock_rate_ghz: 1.98
+  threads_per_block_limit: 1024  threads_per_warp: 32  threads_per_core_limit: 2048
+  shared_memory_per_block: 49152  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
+  device_memory_size: {H100_MEMORY_BYTES}  memory_bandwidth: 3352320000000
+  l2_cache_size: 52428800
+}}
+platform_name: "CUDA"
+runtime_version {{ major: 12 minor: 8 }}
+dnn_version_info {{ major: 9 minor: 7 }}
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+# launch/gpu.sh lets XLA's allocator take this share of the GPU's memory.
+GPU_MEMORY_FRACTION = 0.9
+# Without a GPU there is no autotuning, and XLA finds no Triton GEMM tiling for some products
+# ("Couldn't find output tile sizes"): cuBLAS GEMMs instead.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  name: str                 # as given: 'v5p-128'
-  family: Family
-  shape: tuple              # chips per dimension
-  num_slices: int
+  name: str                 # as given: 'v5p-128', 'h100-8'
+  family: Family | None     # None: H100 GPUs
+  shape: tuple              # TPU: chips per dimension; GPU: (GPUs per host,)
+  num_slices: int           # TPU: slices joined over the data-center network; GPU: hosts
 
   @property
   def chips(self) -> int:
     return math.prod(self.shape)
 
   @property
+  def compiler_options(self) -> dict | None:
+    return GPU_COMPILER_OPTIONS if self.family is None else None
+
+  @property
   def hbm_bytes(self) -> int:
+    if self.family is None:
+      return int(H100_MEMORY_BYTES * GPU_MEMORY_FRACTION)
     return self.family.hbm_gib * GIB
 
   def describe(self) -> dict:
     """The arguments of get_topology_desc for this slice (host and wrap-around layout)."""
-    shape3 = tuple(self.shape) + (1,) * (3 - len(self.shape))
+    if self.family is None:
+      return dict(topology_name=self.name, platform="cuda", target_config=H100_TARGET_CONFIG,
+                  topology=f"1x{self.num_slices}x{self.chips}")
     if self.chips == 1:
       per_host = (1, 1, 1)
     elif len(self.shape) == 2 and self.chips == 8:  # v5litepod-8 / v6e-8: one host of 8 chips
@@ -102,29 +135,36 @@ class Topology:
     else:  # v5e / v6e: a dimension of 16 chips wraps around
       wrap = tuple(d == 16 for d in self.shape) + (False,)
     return dict(topology_name=f"{self.family.topology_prefix}:{'x'.join(map(str, self.shape))}",
-                chip_config_name=self.family.chip_config, chips_per_host_bounds=per_host,
-                num_slices=self.num_slices, wrap=wrap)
+                platform="tpu", chip_config_name=self.family.chip_config,
+                chips_per_host_bounds=per_host, num_slices=self.num_slices, wrap=wrap)
 
 
 def parse_topology(name: str, num_slices: int = 1) -> Topology:
-  """'v5p-128' → 64 chips as 4x4x4 (v4/v5p count TensorCores, v5e/v6e chips)."""
+  """'v5p-128' → 64 chips as 4x4x4 (v4/v5p count TensorCores, v5e/v6e chips); 'h100-8' → 8 GPUs
+  on each of `num_slices` hosts."""
+  if num_slices < 1:
+    raise ValueError(f"--num_slices={num_slices}: must be at least 1")
+  gpu = re.fullmatch(r"h100-(\d+)", name)
+  if gpu:
+    if not 1 <= int(gpu[1]) <= 8:
+      raise ValueError(f"--topology={name!r}: a host has 1 to 8 H100s (more hosts: --num_slices)")
+    return Topology(name, None, (int(gpu[1]),), num_slices)
   match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
   if not match:
-    raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N (v5litepod-N) or v6e-N")
+    raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N (v5litepod-N), v6e-N "
+                     "or h100-N")
   family = FAMILIES[ALIASES.get(match[1], match[1])]
   cores = int(match[2])
   chips = cores // family.cores_per_chip
   if cores % family.cores_per_chip or chips not in family.shapes:
     sizes = ", ".join(f"{match[1]}-{c * family.cores_per_chip}" for c in family.shapes)
     raise ValueError(f"--topology={name!r}: no known slice of that size; known: {sizes}")
-  if num_slices < 1:
-    raise ValueError(f"--num_slices={num_slices}: must be at least 1")
   return Topology(name, family, family.shapes[chips], num_slices)
 
 
 def topology_devices(topology: Topology):
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  return topologies.get_topology_desc(platform="tpu", **topology.describe()).devices
+  return topologies.get_topology_desc(**topology.describe()).devices
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,13 +236,13 @@ def _to_bytes(number, unit):
   return float(number) * 1024 ** "BKMGT".index(unit)
 
 
-def compile_step(jitted, args, hbm_bytes: int) -> dict:
+def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
   """Lower + compile; memory per device from XLA, or from libtpu's out-of-memory error."""
   start = time.perf_counter()
   lowered = jitted.lower(*args)
   arg_bytes = _per_device_bytes(args)
   try:
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
   except jax.errors.JaxRuntimeError as e:
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message:
@@ -259,7 +299,8 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   frozen = _with_shardings(setup.abstract_frozen, setup.frozen_shardings)
   rest = _with_shardings(setup.abstract_rest, setup.rest_shardings)
   train_batch = abstract_batch(config, setup.global_batch, batch_sh, train=True)
-  train = compile_step(setup.train_step, (state, frozen, rest, train_batch), topology.hbm_bytes)
+  train = compile_step(setup.train_step, (state, frozen, rest, train_batch), topology.hbm_bytes,
+                       topology.compiler_options)
   result = {
       "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
       "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
@@ -277,7 +318,8 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
     result.update(_model_check(config, setup.global_batch, n))
   if with_eval:
     eval_batch = abstract_batch(config, micro_batch, batch_sh, train=False)
-    evaluation = compile_step(setup.eval_step, (state, frozen, rest, eval_batch), topology.hbm_bytes)
+    evaluation = compile_step(setup.eval_step, (state, frozen, rest, eval_batch), topology.hbm_bytes,
+                              topology.compiler_options)
     result["eval_peak_bytes_per_device"] = evaluation["peak_bytes"]
     result["eval_compile_s"] = evaluation["compile_s"]
     if count:
