@@ -1,0 +1,443 @@
+r"""Does a config's training step fit a Cloud TPU slice? Compiled ahead of time, on a machine without one.
+
+  pip install -e '.[aot]'     # libtpu, the compiler for the TPU targets
+  python -m ca2st_jax.tools.aot --config=configs/cast_k400.py --topology=v5p-8 --per_device_batch=8
+  python -m ca2st_jax.tools.aot --config=configs/ca2st_vggsound.py --topology=v5e-256 --find_max_batch
+  python -m ca2st_jax.tools.aot --config=configs/cast_k400.py:tiny --topology=v5e-4 --json
+
+The trainer's own jitted train and eval steps (`trainer.build_setup`, with its mesh, shardings and
+donation) are lowered on abstract arguments and compiled by libtpu for the compile-only devices of
+`jax.experimental.topologies.get_topology_desc`. Per chip it prints XLA's memory analysis
+(arguments, outputs, temporaries, generated code; peak = arguments + outputs - aliased (donated)
++ temporaries + code) against the chip's HBM, the verdict, the FLOPs of one optimiser step and the
+compile time. Exits 1 when the step does not fit.
+
+FLOPs are 2 x the multiply-accumulates of every matrix product and convolution in the traced step
+(forward, backward and optimiser; a scan's body counted `length` times, a cond's costliest
+branch). XLA's own cost analysis counts a loop body once and gives nothing for an uncompiled
+module on this target, so it is shown only as a second opinion. The check beside it is the
+model's forward MACs per clip (`tools.summary`) x 2 x 2.3 (frozen experts pass gradients to their
+inputs but compute none for their weights) x the batch.
+
+Topologies are named as Cloud TPU does: v4-N and v5p-N count TensorCores (a chip, one JAX device,
+has two), v5e-N (or v5litepod-N) and v6e-N count chips.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+import types
+
+# libtpu reads these when it loads: no TPU metadata server to ask for the host's accelerator, and
+# several processes (pytest -n 2) may load it at once (else the second fails on /tmp/libtpu_lockfile).
+for _name, _value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                      ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+  os.environ.setdefault(_name, _value)
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+
+GIB = 2 ** 30
+# Frozen experts: backward through the activations (1x forward), no weight gradients; the small
+# trainable set adds ~0.3x. Used only as the cross-check of the counted FLOPs.
+TRAIN_FLOPS_PER_FORWARD = 2.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  topology_prefix: str      # the name libtpu knows ("v5:2x2x1")
+  chip_config: str          # 'megacore': one JAX device drives the chip's two TensorCores
+  cores_per_chip: int       # how the Cloud TPU name counts: v4-8 / v5p-8 are 4 chips
+  hbm_gib: int              # per chip (one JAX device)
+  shapes: dict              # chips → physical shape
+
+
+_CUBE = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+         256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
+_PLANE = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
+          256: (16, 16)}
+FAMILIES = {
+    "v4": Family("v4", "megacore", 2, 32, _CUBE),
+    "v5p": Family("v5", "megacore", 2, 95, _CUBE),
+    "v5e": Family("v5e", "default", 1, 16, _PLANE),
+    "v6e": Family("v6e", "default", 1, 32, _PLANE),
+}
+ALIASES = {"v5litepod": "v5e"}
+
+# An H100 SXM 80GB as XLA's GPU compiler sees it (GpuTargetConfigProto; no GPU needed to compile).
+H100_MEMORY_BYTES = 84_929_347_584
+H100_TARGET_CONFIG = f"""
+gpu_device_info {{
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  core_count: 132  fpus_per_core: 128  clock_rate_ghz: 1.98
+  threads_per_block_limit: 1024  threads_per_warp: 32  threads_per_core_limit: 2048
+  shared_memory_per_block: 49152  shared_memory_per_block_optin: 232448
+  shared_memory_per_core: 233472  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
+  device_memory_size: {H100_MEMORY_BYTES}  memory_bandwidth: 3352320000000
+  l2_cache_size: 52428800
+}}
+platform_name: "CUDA"
+runtime_version {{ major: 12 minor: 8 }}
+dnn_version_info {{ major: 9 minor: 7 }}
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+# launch/gpu.sh lets XLA's allocator take this share of the GPU's memory.
+GPU_MEMORY_FRACTION = 0.9
+# Without a GPU there is no autotuning, and XLA finds no Triton GEMM tiling for some products
+# ("Couldn't find output tile sizes"): cuBLAS GEMMs instead.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str                 # as given: 'v5p-128', 'h100-8'
+  family: Family | None     # None: H100 GPUs
+  shape: tuple              # TPU: chips per dimension; GPU: (GPUs per host,)
+  num_slices: int           # TPU: slices joined over the data-center network; GPU: hosts
+
+  @property
+  def chips(self) -> int:
+    return math.prod(self.shape)
+
+  @property
+  def compiler_options(self) -> dict | None:
+    return GPU_COMPILER_OPTIONS if self.family is None else None
+
+  @property
+  def hbm_bytes(self) -> int:
+    if self.family is None:
+      return int(H100_MEMORY_BYTES * GPU_MEMORY_FRACTION)
+    return self.family.hbm_gib * GIB
+
+  def describe(self) -> dict:
+    """The arguments of get_topology_desc for this slice (host and wrap-around layout)."""
+    if self.family is None:
+      return dict(topology_name=self.name, platform="cuda", target_config=H100_TARGET_CONFIG,
+                  topology=f"1x{self.num_slices}x{self.chips}")
+    if self.chips == 1:
+      per_host = (1, 1, 1)
+    elif len(self.shape) == 2 and self.chips == 8:  # v5litepod-8 / v6e-8: one host of 8 chips
+      per_host = (2, 4, 1)
+    else:
+      per_host = (2, 2, 1)
+    if len(self.shape) == 3:  # v4 / v5p: a full 4x4x4 cube and larger are tori
+      wrap = (self.chips >= 64,) * 3
+    else:  # v5e / v6e: a dimension of 16 chips wraps around
+      wrap = tuple(d == 16 for d in self.shape) + (False,)
+    return dict(topology_name=f"{self.family.topology_prefix}:{'x'.join(map(str, self.shape))}",
+                platform="tpu", chip_config_name=self.family.chip_config,
+                chips_per_host_bounds=per_host, num_slices=self.num_slices, wrap=wrap)
+
+
+def parse_topology(name: str, num_slices: int = 1) -> Topology:
+  """'v5p-128' → 64 chips as 4x4x4 (v4/v5p count TensorCores, v5e/v6e chips); 'h100-8' → 8 GPUs
+  on each of `num_slices` hosts."""
+  if num_slices < 1:
+    raise ValueError(f"--num_slices={num_slices}: must be at least 1")
+  gpu = re.fullmatch(r"h100-(\d+)", name)
+  if gpu:
+    if not 1 <= int(gpu[1]) <= 8:
+      raise ValueError(f"--topology={name!r}: a host has 1 to 8 H100s (more hosts: --num_slices)")
+    return Topology(name, None, (int(gpu[1]),), num_slices)
+  match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
+  if not match:
+    raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N (v5litepod-N), v6e-N "
+                     "or h100-N")
+  family = FAMILIES[ALIASES.get(match[1], match[1])]
+  cores = int(match[2])
+  chips = cores // family.cores_per_chip
+  if cores % family.cores_per_chip or chips not in family.shapes:
+    sizes = ", ".join(f"{match[1]}-{c * family.cores_per_chip}" for c in family.shapes)
+    raise ValueError(f"--topology={name!r}: no known slice of that size; known: {sizes}")
+  return Topology(name, family, family.shapes[chips], num_slices)
+
+
+def topology_devices(topology: Topology):
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  return topologies.get_topology_desc(**topology.describe()).devices
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs of a traced program
+# --------------------------------------------------------------------------------------------------
+def _subjaxprs(value):
+  for item in value if isinstance(value, (tuple, list)) else (value,):
+    if isinstance(item, jax.extend.core.ClosedJaxpr):
+      yield item.jaxpr
+    elif isinstance(item, jax.extend.core.Jaxpr):
+      yield item
+
+
+def count_flops(jaxpr) -> int:
+  """2 x the MACs of every dot_general and convolution, loops unrolled by their trip count."""
+  from ca2st_jax.tools import summary  # pylint: disable=g-import-not-at-top
+  flops = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name in ("dot_general", "conv_general_dilated"):
+      flops += 2 * summary.count_macs(types.SimpleNamespace(eqns=[eqn]))  # this product alone
+    elif name == "cond":
+      flops += max(count_flops(b.jaxpr) for b in eqn.params["branches"])
+    elif name == "while":
+      # A while loop's trip count is a runtime value: the jaxprs of this code use scan instead.
+      raise ValueError("count_flops: a while loop in the step; its trip count is unknown")
+    else:
+      times = int(eqn.params["length"]) if name == "scan" else 1
+      for value in eqn.params.values():
+        for sub in _subjaxprs(value):
+          flops += times * count_flops(sub)
+  return flops
+
+
+# --------------------------------------------------------------------------------------------------
+# The check
+# --------------------------------------------------------------------------------------------------
+def abstract_batch(config, global_batch: int, sharding, *, train: bool) -> dict:
+  """The batch the input pipeline hands the step (ca2st_jax.data.pipeline's layout)."""
+  m = config.model
+  size = int(config.data.get("crop_size", 0) or m.image_size)
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((global_batch, *shape), dtype, sharding=sharding)
+  batch = {"video": spec((m.num_frames, size, size, 3), jnp.uint8)}
+  if m.name in ("cava", "ca2st"):
+    batch["audio"] = spec((m.spectrogram_length, m.num_mel_bins), jnp.float32)
+    batch["audio_times"] = spec((m.num_frames // m.tubelet_size + 1, 2), jnp.float32)
+  if train:
+    labels = ("verb", "noun") if m.name == "cast_compositional" else ("label",)
+    batch.update({k: spec((), jnp.int32) for k in labels})
+  return batch
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _per_device_bytes(tree) -> int:
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+             for x in jax.tree.leaves(tree))
+
+
+_OOM_PATTERNS = (  # libtpu's wordings of "does not fit"
+    r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)",
+    r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm",
+)
+
+
+def _to_bytes(number, unit):
+  return float(number) * 1024 ** "BKMGT".index(unit)
+
+
+def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
+  """Lower + compile; memory per device from XLA, or from libtpu's out-of-memory error."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  arg_bytes = _per_device_bytes(args)
+  try:
+    compiled = lowered.compile(compiler_options)
+  except jax.errors.JaxRuntimeError as e:
+    message = str(e)
+    if "RESOURCE_EXHAUSTED" not in message:
+      raise
+    result = {"compile_s": time.perf_counter() - start, "compiler_message": message.splitlines()[0],
+              "argument_bytes": arg_bytes, "output_bytes": None, "alias_bytes": None,
+              "temp_bytes": None, "code_bytes": None, "peak_bytes": None, "xla_flops": None}
+    for pattern in _OOM_PATTERNS:
+      found = re.search(pattern, message)
+      if found:
+        used = _to_bytes(found[1], found[2])
+        # The temporaries' figure leaves out the arguments, which live in HBM too.
+        result["peak_bytes"] = int(used + (arg_bytes if "temporaries" in pattern else 0))
+        hbm_bytes = int(_to_bytes(found[3], found[4]))
+        break
+    result["hbm_seen_by_compiler"] = hbm_bytes
+    return result
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  sizes = {name: int(getattr(memory, f"{field}_size_in_bytes")) for name, field in (
+      ("argument_bytes", "argument"), ("output_bytes", "output"), ("alias_bytes", "alias"),
+      ("temp_bytes", "temp"), ("code_bytes", "generated_code"))}
+  peak = (sizes["argument_bytes"] + sizes["output_bytes"] - sizes["alias_bytes"] +
+          sizes["temp_bytes"] + sizes["code_bytes"])
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {"compile_s": compile_s, **sizes, "peak_bytes": peak,
+          "xla_flops": (cost or {}).get("flops")}
+
+
+def _prepare(config, per_device_batch: int, num_devices: int):
+  """The config with the global batch this check needs (the trainer's rules otherwise)."""
+  config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+  accum = int(config.train.get("accum_steps", 1))
+  config.train.batch_size = per_device_batch * num_devices * accum
+  if config.train.get("total_steps", None) is None:  # the schedule's length changes nothing compiled
+    config.train.total_steps = 1000
+    config.train.warmup_steps = 100
+  return config
+
+
+def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool = True,
+          count: bool = True) -> dict:
+  """Compiles the train (and eval) step for `topology`; returns the figures (see --json)."""
+  from ca2st_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  devices = topology_devices(topology)
+  n = len(devices)
+  config = _prepare(config, per_device_batch, n)
+  setup = trainer.build_setup(config, devices=devices)
+  micro_batch = per_device_batch * n
+  batch_sh = mesh_lib.batch_sharding(setup.mesh)
+  state = _with_shardings(setup.abstract_state, setup.state_shardings)
+  frozen = _with_shardings(setup.abstract_frozen, setup.frozen_shardings)
+  rest = _with_shardings(setup.abstract_rest, setup.rest_shardings)
+  train_batch = abstract_batch(config, setup.global_batch, batch_sh, train=True)
+  train = compile_step(setup.train_step, (state, frozen, rest, train_batch), topology.hbm_bytes,
+                       topology.compiler_options)
+  result = {
+      "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
+      "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
+      "per_device_batch": per_device_batch, "global_batch": setup.global_batch,
+      "accum_steps": int(config.train.get("accum_steps", 1)),
+      "hbm_bytes_per_device": train.pop("hbm_seen_by_compiler", topology.hbm_bytes),
+      **{f"{k}_per_device" if k.endswith("bytes") else k: v for k, v in train.items()},
+  }
+  result["fits"] = result["peak_bytes_per_device"] is not None and (
+      result["peak_bytes_per_device"] <= result["hbm_bytes_per_device"] and
+      "compiler_message" not in result)
+  if count:
+    train_flops = count_flops(jax.make_jaxpr(setup.train_step)(state, frozen, rest, train_batch).jaxpr)
+    result["flops_per_step_per_device"] = train_flops / n
+    result.update(_model_check(config, setup.global_batch, n))
+  if with_eval:
+    eval_batch = abstract_batch(config, micro_batch, batch_sh, train=False)
+    evaluation = compile_step(setup.eval_step, (state, frozen, rest, eval_batch), topology.hbm_bytes,
+                              topology.compiler_options)
+    result["eval_peak_bytes_per_device"] = evaluation["peak_bytes"]
+    result["eval_compile_s"] = evaluation["compile_s"]
+    if count:
+      eval_flops = count_flops(jax.make_jaxpr(setup.eval_step)(state, frozen, rest, eval_batch).jaxpr)
+      result["eval_flops_per_device"] = eval_flops / n
+    if evaluation["peak_bytes"] is None or evaluation["peak_bytes"] > result["hbm_bytes_per_device"]:
+      result["fits"] = False
+  result["verdict"] = verdict(result)
+  return result
+
+
+def _model_check(config, global_batch: int, num_devices: int) -> dict:
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from ca2st_jax import models  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.tools import summary  # pylint: disable=g-import-not-at-top
+  abstract = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
+  macs = summary.forward_macs(config.model, abstract)
+  return {"forward_macs_per_clip": macs,
+          "model_flops_per_step_per_device":
+              TRAIN_FLOPS_PER_FORWARD * 2 * macs * global_batch / num_devices}
+
+
+def verdict(result: dict) -> str:
+  hbm = result["hbm_bytes_per_device"] / GIB
+  peak = result["peak_bytes_per_device"]
+  if result["fits"]:
+    return "fits"
+  if peak is None:
+    return f"does not fit in {hbm:.2f} GiB ({result.get('compiler_message', 'no memory figure')})"
+  return f"needs {peak / GIB:.2f} GiB of {hbm:.2f} GiB"
+
+
+def find_max_batch(config, topology: Topology, start: int = 1) -> tuple[int, list]:
+  """Largest per-device batch whose train step fits: doubling, then bisection. 0 if none."""
+  tried = []
+
+  def fits(b):
+    r = check(config, topology, b, with_eval=False, count=False)
+    tried.append((b, r["fits"], r["peak_bytes_per_device"], r["compile_s"]))
+    print(f"  per_device_batch {b}: {r['verdict']} ({r['compile_s']:.0f} s)", file=sys.stderr,
+          flush=True)
+    return r["fits"]
+
+  good, bad = 0, start
+  while fits(bad):
+    good, bad = bad, bad * 2
+  while bad - good > 1:
+    mid = (good + bad) // 2
+    good, bad = (mid, bad) if fits(mid) else (good, mid)
+  return good, tried
+
+
+def print_report(r: dict):
+  g = lambda b: "-" if b is None else f"{b / GIB:.3f} GiB"
+  print(f"{r['config']} on {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}),"
+        f" mesh {r['mesh']}, per-device batch {r['per_device_batch']} (global {r['global_batch']},"
+        f" accum_steps {r['accum_steps']})")
+  print(f"train step, per device: arguments {g(r['argument_bytes_per_device'])}, outputs "
+        f"{g(r['output_bytes_per_device'])} (donated {g(r['alias_bytes_per_device'])}), temporaries "
+        f"{g(r['temp_bytes_per_device'])}, code {g(r['code_bytes_per_device'])}")
+  print(f"peak {g(r['peak_bytes_per_device'])} of {g(r['hbm_bytes_per_device'])} HBM: {r['verdict']}")
+  if "compiler_message" in r:
+    print(f"compiler: {r['compiler_message']}")
+  if "flops_per_step_per_device" in r:
+    ratio = r["flops_per_step_per_device"] / r["model_flops_per_step_per_device"]
+    xla = r.get("xla_flops")
+    print(f"FLOPs per step per device: {r['flops_per_step_per_device']:.4g} counted; "
+          f"{r['model_flops_per_step_per_device']:.4g} from the model "
+          f"({TRAIN_FLOPS_PER_FORWARD} x 2 x {r['forward_macs_per_clip'] / 1e9:.4g} GMACs x batch; "
+          f"ratio {ratio:.3f}); XLA cost analysis {'-' if xla is None else f'{xla:.4g}'} "
+          "(loop bodies once)")
+  print(f"compile: train {r['compile_s']:.1f} s" +
+        (f", eval {r['eval_compile_s']:.1f} s (eval peak {g(r['eval_peak_bytes_per_device'])})"
+         if "eval_compile_s" in r else ""))
+  if "max_per_device_batch" in r:
+    print(f"largest per-device batch that fits: {r['max_per_device_batch']}")
+
+
+def main(config, topology_name, per_device_batch, num_slices, search, as_json) -> int:
+  topology = parse_topology(topology_name, num_slices)
+  n = topology.chips * num_slices
+  if per_device_batch is None:
+    micro = int(config.train.batch_size) // int(config.train.get("accum_steps", 1))
+    if micro % n:
+      raise ValueError(f"config.train.batch_size / accum_steps = {micro} does not split over {n} "
+                       "devices; give --per_device_batch")
+    per_device_batch = micro // n
+  max_batch, tried = (find_max_batch(config, topology) if search else (None, None))
+  result = check(config, topology, per_device_batch)
+  if search:
+    result["max_per_device_batch"] = max_batch
+    result["max_batch_search"] = [dict(per_device_batch=b, fits=f, peak_bytes_per_device=p,
+                                       compile_s=c) for b, f, p, c in tried]
+  if as_json:
+    print(json.dumps(result))
+  else:
+    print_report(result)
+  return 0 if result["fits"] else 1
+
+
+if __name__ == "__main__":
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]")
+  _TOPOLOGY = flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-N, v5p-N, v5e-N, v6e-N.")
+  _BATCH = flags.DEFINE_integer("per_device_batch", None, "Clips per device per micro-batch "
+                                "(default: the config's batch spread over the slice).")
+  _SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network.")
+  _SEARCH = flags.DEFINE_bool("find_max_batch", False, "Also search the largest per-device batch.")
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+  def _run(argv):
+    del argv
+    try:
+      sys.exit(main(_CONFIG.value, _TOPOLOGY.value, _BATCH.value, _SLICES.value, _SEARCH.value,
+                    _JSON.value))
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(_run)

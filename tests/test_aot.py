@@ -1,0 +1,150 @@
+"""tools.aot: the trainer's step compiled for a Cloud TPU slice by libtpu (no TPU here)."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ca2st_jax.tools import aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed(module):
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # its parent package is missing
+    return False
+
+
+NEEDS_LIBTPU = pytest.mark.skipif(
+    not _installed("libtpu"),
+    reason="libtpu is not installed (pip install -e '.[aot]'): no compiler for the TPU targets")
+
+
+NEEDS_CUDA_PLUGIN = pytest.mark.skipif(
+    not _installed("jax_plugins.xla_cuda12"),
+    reason="jax-cuda12-plugin and jax-cuda12-pjrt (the jax version's) are not installed: no "
+           "compiler for the GPU target")
+
+
+def run_aot(*args):
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+  env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "ca2st_jax.tools.aot", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def load_config(name, variant=""):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_topology_names_as_cloud_tpu_spells_them():
+  v5p = aot.parse_topology("v5p-128")
+  assert v5p.chips == 64 and v5p.hbm_bytes == 95 * 2 ** 30  # 128 TensorCores, two per chip
+  assert v5p.describe() == dict(topology_name="v5:4x4x4", platform="tpu", chip_config_name="megacore",
+                                chips_per_host_bounds=(2, 2, 1), num_slices=1,
+                                wrap=(True, True, True))
+  assert aot.parse_topology("v4-8").describe()["topology_name"] == "v4:2x2x1"
+  assert aot.parse_topology("v5p-8").describe()["wrap"] == (False, False, False)
+  v5e = aot.parse_topology("v5e-256", num_slices=2).describe()
+  assert v5e["topology_name"] == "v5e:16x16" and v5e["wrap"] == (True, True, False)
+  assert v5e["chip_config_name"] == "default" and v5e["num_slices"] == 2
+  assert aot.parse_topology("v5litepod-8").describe()["chips_per_host_bounds"] == (2, 4, 1)
+  assert aot.parse_topology("v6e-8").describe()["topology_name"] == "v6e:2x4"
+  h100 = aot.parse_topology("h100-8", num_slices=2)
+  assert h100.describe()["topology"] == "1x2x8" and h100.describe()["platform"] == "cuda"
+  assert h100.hbm_bytes == int(0.9 * aot.H100_MEMORY_BYTES)
+  for bad in ("v5p-6", "v5e-12", "tpu-8", "v5p-3", "h100-16"):
+    with pytest.raises(ValueError, match="--topology"):
+      aot.parse_topology(bad)
+
+
+def test_flops_count_every_trip_of_a_loop():
+  x = jnp.zeros((4, 8), jnp.float32)
+  w = jnp.zeros((8, 8), jnp.float32)
+
+  def loop(x, w):
+    return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=5)[0]
+
+  one = aot.count_flops(jax.make_jaxpr(lambda x, w: x @ w)(x, w).jaxpr)
+  assert one == 2 * 4 * 8 * 8
+  assert aot.count_flops(jax.make_jaxpr(loop)(x, w).jaxpr) == 5 * one
+  assert aot.count_flops(jax.make_jaxpr(jax.jit(loop))(x, w).jaxpr) == 5 * one
+
+
+def test_flops_of_the_train_step_scale_with_accumulated_micro_batches():
+  """accum_steps=2 scans two micro-batches: twice the products of one (on the 8 CPU devices)."""
+  from ca2st_jax.train import mesh as mesh_lib
+  from ca2st_jax.train import trainer
+  flops = {}
+  for accum in (1, 2):
+    config = load_config("cast_k400", "tiny")
+    config.train.accum_steps = accum
+    config = aot._prepare(config, per_device_batch=1, num_devices=8)
+    setup = trainer.build_setup(config)
+    args = [aot._with_shardings(a, s) for a, s in (
+        (setup.abstract_state, setup.state_shardings), (setup.abstract_frozen, setup.frozen_shardings),
+        (setup.abstract_rest, setup.rest_shardings))]
+    batch = aot.abstract_batch(config, setup.global_batch, mesh_lib.batch_sharding(setup.mesh),
+                               train=True)
+    flops[accum] = aot.count_flops(jax.make_jaxpr(setup.train_step)(*args, batch).jaxpr)
+  assert flops[1] > 0 and flops[2] == 2 * flops[1]
+
+
+@NEEDS_LIBTPU
+def test_tiny_config_fits_a_small_slice():
+  proc = run_aot("--config=configs/ca2st_vggsound.py:tiny", "--topology=v5e-4",
+                 "--per_device_batch=2", "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (r["topology"], r["num_devices"], r["per_device_batch"], r["global_batch"]) == (
+      "v5e-4", 4, 2, 8)
+  assert r["device_kind"] == "TPU v5 lite" and r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert r["fits"] is True and r["verdict"] == "fits"
+  assert r["hbm_bytes_per_device"] == 16 * 2 ** 30
+  parts = (r["argument_bytes_per_device"] + r["output_bytes_per_device"] -
+           r["alias_bytes_per_device"] + r["temp_bytes_per_device"] + r["code_bytes_per_device"])
+  assert 0 < r["peak_bytes_per_device"] == parts < r["hbm_bytes_per_device"]
+  assert r["alias_bytes_per_device"] > 0  # the donated state
+  assert r["compile_s"] > 0 and r["eval_compile_s"] > 0
+  # Eval is the forward alone: exactly the model's MACs x 2 x clips (tools.summary's count).
+  assert r["eval_flops_per_device"] == pytest.approx(2 * r["forward_macs_per_clip"] * 8 / 4)
+  # Training adds the backward: more than the forward, less than 3x.
+  assert r["eval_flops_per_device"] < r["flops_per_step_per_device"] < 3 * r["eval_flops_per_device"]
+
+
+@NEEDS_LIBTPU
+def test_too_large_a_batch_does_not_fit():
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=v5e-4",
+                 "--per_device_batch=262144")
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  found = re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB", proc.stdout)
+  assert found, proc.stdout
+  assert float(found[1]) > float(found[2]) > 15
+
+
+@NEEDS_CUDA_PLUGIN
+def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=h100-8", "--per_device_batch=2",
+                 "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert (r["num_devices"], r["global_batch"], r["fits"]) == (8, 16, True)
+  assert r["device_kind"] == "NVIDIA H100 80GB HBM3"
+  assert 0 < r["peak_bytes_per_device"] < r["hbm_bytes_per_device"] == int(0.9 * aot.H100_MEMORY_BYTES)
+  assert r["eval_flops_per_device"] == pytest.approx(2 * r["forward_macs_per_clip"] * 16 / 8)
+
+
+def test_per_device_batch_must_split_the_config_batch():
+  config = load_config("cast_k400", "tiny")  # global batch 2
+  with pytest.raises(ValueError, match="--per_device_batch"):
+    aot.main(config, "v5p-8", None, 1, False, True)
