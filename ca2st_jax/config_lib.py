@@ -16,6 +16,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       num_classes=400, num_verbs=97, num_nouns=300,
       drop_path=0.2, head_dropout=0.0,
       dtype='bfloat16',
+      attention='auto',         # 'auto' | 'xla' | 'cudnn' | 'tpu_flash' (models.layers.resolve_attention)
       remat='none',             # 'none' | 'full' | 'dots': recompute each layer in the backward pass
       # CAVA / CA²ST exchange switches (SPEC §6), reference defaults.
       audio_exchange_start=9,   # CA: first layer with the audio pairs (0 = all layers)

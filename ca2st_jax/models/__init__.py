@@ -1,6 +1,7 @@
 """Model construction, the trainable/frozen partition and layer ids for layer decay."""
 from flax import nnx
 
+from ca2st_jax.models import layers
 from ca2st_jax.models.fused import CA2ST, CAST, CAVA
 
 NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
@@ -18,6 +19,8 @@ def check_config(cfg):
     fail('name', f'unknown model, expected one of {NAMES}')
   if cfg.dtype not in ('float32', 'bfloat16'):
     fail('dtype', "expected 'float32' or 'bfloat16'")
+  if cfg.attention not in layers.ATTENTION_IMPLEMENTATIONS:
+    fail('attention', f'expected one of {layers.ATTENTION_IMPLEMENTATIONS}')
   if cfg.remat not in ('none', 'full', 'dots'):
     fail('remat', "expected 'none', 'full' or 'dots'")
   for field in ('width', 'depth', 'num_heads', 'mlp_dim', 'adapter_dim', 'bottleneck_dim'):

@@ -21,7 +21,9 @@ class AudioBlock(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     self.norm1 = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(cfg.width, cfg.num_heads, bias='qkv', dtype=dtype, rngs=rngs)
+    self.attn = layers.Attention(
+        cfg.width, cfg.num_heads, bias='qkv',
+        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
     self.norm2 = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.gelu, dtype=dtype, rngs=rngs)
 

@@ -34,8 +34,9 @@ class CrossAttention(nnx.Module):
   """
 
   def __init__(self, dim, num_heads, *, query_positions=None, key_positions=None,
-               dtype, rngs: nnx.Rngs):
+               implementation: str, dtype, rngs: nnx.Rngs):
     self.num_heads = num_heads
+    self.implementation = implementation
     if query_positions is not None:
       self.query_pos = _positions(rngs, query_positions, dim, num_heads)
       self.key_pos = _positions(rngs, key_positions, dim, num_heads)
@@ -61,7 +62,7 @@ class CrossAttention(nnx.Module):
     k, v = jnp.split(kv, 2, axis=-1)
     lead, (lq, dim), lk = queries.shape[:-2], queries.shape[-2:], keys.shape[-2]
     heads = lambda x, length: x.reshape(-1, length, self.num_heads, dim // self.num_heads)
-    y = jax.nn.dot_product_attention(heads(q, lq), heads(k, lk), heads(v, lk))
+    y = layers.attention(heads(q, lq), heads(k, lk), heads(v, lk), self.implementation)
     return self.out(y.reshape(*lead, lq, dim))
 
 
@@ -70,6 +71,7 @@ class SpaceTimeExchange(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     width, dim, heads = cfg.width, cfg.bottleneck_dim, cfg.num_heads
+    implementation = layers.resolve_attention(cfg.attention, dtype)
     self.num_slots = cfg.num_frames // cfg.tubelet_size
     patches = (cfg.image_size // cfg.patch_size) ** 2
     self.spatial_down = layers.dense(width, dim, dtype=dtype, rngs=rngs)
@@ -79,10 +81,11 @@ class SpaceTimeExchange(nnx.Module):
     # T2S: a spatial patch token attends over the time slots at its position.
     self.spatial_from_temporal = CrossAttention(
         dim, heads, query_positions=self.num_slots, key_positions=self.num_slots,
-        dtype=dtype, rngs=rngs)
+        implementation=implementation, dtype=dtype, rngs=rngs)
     # S2T: a temporal token attends over the patches of its slot's CLIP frame.
     self.temporal_from_spatial = CrossAttention(
-        dim, heads, query_positions=patches, key_positions=patches, dtype=dtype, rngs=rngs)
+        dim, heads, query_positions=patches, key_positions=patches,
+        implementation=implementation, dtype=dtype, rngs=rngs)
     self.spatial_up = layers.dense(dim, width, dtype=dtype, rngs=rngs, zero=True)
     self.temporal_up = layers.dense(dim, width, dtype=dtype, rngs=rngs, zero=True)
 
@@ -193,13 +196,16 @@ class GlobalExchange(nnx.Module):
 
   def __init__(self, cfg, visual_prefix: int, *, dtype, rngs: nnx.Rngs):
     width, dim, heads = cfg.width, cfg.bottleneck_dim, cfg.num_heads
+    implementation = layers.resolve_attention(cfg.attention, dtype)
     self.visual_prefix = visual_prefix
     self.audio_down = layers.dense(width, dim, dtype=dtype, rngs=rngs)
     self.visual_down = layers.dense(width, dim, dtype=dtype, rngs=rngs)
     self.audio_norm = layers.layer_norm(dim, eps=BOTTLENECK_EPS, dtype=dtype, rngs=rngs)
     self.visual_norm = layers.layer_norm(dim, eps=BOTTLENECK_EPS, dtype=dtype, rngs=rngs)
-    self.audio_from_visual = CrossAttention(dim, heads, dtype=dtype, rngs=rngs)
-    self.visual_from_audio = CrossAttention(dim, heads, dtype=dtype, rngs=rngs)
+    self.audio_from_visual = CrossAttention(dim, heads, implementation=implementation,
+                                            dtype=dtype, rngs=rngs)
+    self.visual_from_audio = CrossAttention(dim, heads, implementation=implementation,
+                                            dtype=dtype, rngs=rngs)
     if cfg.learned_positions:
       # use_stpos: each direction has its own learned space and time positions for both sides.
       slots = cfg.num_frames // cfg.tubelet_size

@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
@@ -79,6 +80,79 @@ class Mlp(nnx.Module):
     return self.fc2(self.act(self.fc1(x)))
 
 
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash')
+# The TPU flash kernel works on blocks of 128 positions; shorter key sequences (CAST's 8-slot
+# windows) would be mostly padding, so they stay on XLA's path.
+TPU_FLASH_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_attention(requested: str, dtype, platform: str | None = None) -> str:
+  """config.model.attention -> the kernel every attention of the model uses.
+
+  'auto': cuDNN flash attention on NVIDIA GPUs in bfloat16/float16, the Pallas flash kernel on
+  TPU, XLA's dot-product attention elsewhere (CPU, or float32 on a GPU: cuDNN's fused kernels
+  take half precision only). `platform` defaults to the default backend; the ahead-of-time tool
+  names its target's.
+  """
+  if requested not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'config.model.attention={requested!r}: expected one of '
+                     f'{ATTENTION_IMPLEMENTATIONS}')
+  platform = platform or jax.default_backend()
+  half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+  if requested == 'cudnn' and (platform != 'gpu' or not half):
+    raise ValueError(f"config.model.attention='cudnn' needs an NVIDIA GPU and bfloat16 compute; "
+                     f"this run has platform {platform!r} and dtype {jnp.dtype(dtype).name}. "
+                     "Use 'auto' or 'xla'.")
+  if requested == 'tpu_flash' and platform not in ('tpu', 'cpu'):  # cpu: interpret mode (tests)
+    raise ValueError(f"config.model.attention='tpu_flash' needs a TPU; this run has platform "
+                     f"{platform!r}. Use 'auto'.")
+  if requested != 'auto':
+    return requested
+  if platform == 'gpu' and half:
+    return 'cudnn'
+  if platform == 'tpu':
+    return 'tpu_flash'
+  if platform == 'gpu':
+    logging.warning("config.model.attention='auto': XLA attention, since cuDNN flash attention "
+                    "needs bfloat16/float16 and the model computes in %s", jnp.dtype(dtype).name)
+  return 'xla'
+
+
+def _tpu_flash_attention(q, k, v):
+  """The Pallas TPU flash kernel on [B, T, H, D] inputs of any length: both sequences are padded
+  to whole blocks, and segment ids keep real queries off the padded keys."""
+  # Imported here: the kernel module pulls in Pallas' TPU lowering, which CPU/GPU runs never need.
+  from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # pylint: disable=g-import-not-at-top
+  batch, q_len, _, head_dim = q.shape
+  k_len = k.shape[1]
+
+  def padded(x, length):
+    target = -(-length // TPU_FLASH_BLOCK) * TPU_FLASH_BLOCK
+    return jnp.pad(x, ((0, 0), (0, target - length), (0, 0), (0, 0))).swapaxes(1, 2), target
+
+  q_pad, q_target = padded(q, q_len)
+  k_pad, k_target = padded(k, k_len)
+  v_pad, _ = padded(v, k_len)
+  segments = lambda length, target: jnp.broadcast_to(
+      (jnp.arange(target) < length).astype(jnp.int32), (batch, target))
+  out = tpu_flash.flash_attention(
+      q_pad, k_pad, v_pad,
+      segment_ids=tpu_flash.SegmentIds(segments(q_len, q_target), segments(k_len, k_target)),
+      sm_scale=head_dim ** -0.5)
+  return out.swapaxes(1, 2)[:, :q_len]
+
+
+def attention(q, k, v, implementation: str):
+  """softmax(q k^T / sqrt(D)) v for [B, T, H, D] queries and [B, S, H, D] keys/values with the
+  kernel `resolve_attention` chose. Logits and softmax are float32 in every kernel."""
+  if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
+    return _tpu_flash_attention(q, k, v)
+  if implementation == 'cudnn':
+    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  return jax.nn.dot_product_attention(q, k, v, implementation='xla')
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused q|k|v projection.
 
@@ -86,11 +160,12 @@ class Attention(nnx.Module):
   biases with the k bias fixed at zero.
   """
 
-  def __init__(self, dim, num_heads, *, bias: str, dtype, rngs: nnx.Rngs):
+  def __init__(self, dim, num_heads, *, bias: str, implementation: str, dtype, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f'width {dim} is not divisible by num_heads {num_heads}')
     self.num_heads = num_heads
     self.bias = bias
+    self.implementation = implementation
     self.qkv = dense(dim, 3 * dim, use_bias=bias == 'qkv', dtype=dtype, rngs=rngs)
     if bias == 'qv':
       self.q_bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
@@ -103,7 +178,7 @@ class Attention(nnx.Module):
       zeros = jnp.zeros_like(self.q_bias[...])
       qkv = qkv + jnp.concatenate([self.q_bias[...], zeros, self.v_bias[...]]).astype(qkv.dtype)
     q, k, v = jnp.split(qkv.reshape(*x.shape[:-1], 3 * self.num_heads, -1), 3, axis=-2)
-    y = jax.nn.dot_product_attention(q, k, v)
+    y = attention(q, k, v, self.implementation)
     return self.out(y.reshape(x.shape))
 
 

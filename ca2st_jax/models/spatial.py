@@ -16,7 +16,9 @@ class SpatialBlock(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     self.ln_1 = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(cfg.width, cfg.num_heads, bias='qkv', dtype=dtype, rngs=rngs)
+    self.attn = layers.Attention(
+        cfg.width, cfg.num_heads, bias='qkv',
+        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
     self.ln_2 = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.quick_gelu, dtype=dtype, rngs=rngs)
 

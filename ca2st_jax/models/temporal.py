@@ -12,7 +12,9 @@ class TemporalBlock(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     self.norm1 = layers.layer_norm(cfg.width, eps=VMAE_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(cfg.width, cfg.num_heads, bias='qv', dtype=dtype, rngs=rngs)
+    self.attn = layers.Attention(
+        cfg.width, cfg.num_heads, bias='qv',
+        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
     self.norm2 = layers.layer_norm(cfg.width, eps=VMAE_EPS, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.gelu, dtype=dtype, rngs=rngs)
 

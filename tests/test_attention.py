@@ -1,0 +1,123 @@
+"""Attention kernels: how 'auto' resolves, and each fused kernel against XLA's attention.
+
+The cuDNN cases run only where a CUDA GPU is the default backend (launch/bench_gpu.sh runs them);
+the TPU flash kernel runs here in Pallas' TPU interpret mode.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ca2st_jax import config_lib
+from ca2st_jax import models
+from ca2st_jax.models import layers
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def _qkv(q_len, k_len, batch=2, heads=2, head_dim=32, dtype=jnp.float32, seed=0):
+  rng = np.random.default_rng(seed)
+  make = lambda length: jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), dtype)
+  return make(q_len), make(k_len), make(k_len)
+
+
+@pytest.mark.parametrize("platform,dtype,expected", [
+    ("cpu", jnp.float32, "xla"),
+    ("cpu", jnp.bfloat16, "xla"),
+    ("gpu", jnp.bfloat16, "cudnn"),
+    ("gpu", jnp.float16, "cudnn"),
+    ("gpu", jnp.float32, "xla"),
+    ("tpu", jnp.bfloat16, "tpu_flash"),
+    ("tpu", jnp.float32, "tpu_flash"),
+])
+def test_auto_resolves_per_platform_and_dtype(platform, dtype, expected):
+  assert layers.resolve_attention("auto", dtype, platform) == expected
+
+
+def test_auto_on_a_gpu_in_float32_says_why_it_uses_xla(caplog):
+  layers.resolve_attention.cache_clear()
+  with caplog.at_level("WARNING"):
+    assert layers.resolve_attention("auto", jnp.float32, "gpu") == "xla"
+  assert "cuDNN flash attention needs bfloat16" in caplog.text
+
+
+@pytest.mark.parametrize("requested,platform,dtype,message", [
+    ("cudnn", "cpu", jnp.bfloat16, "needs an NVIDIA GPU"),
+    ("cudnn", "gpu", jnp.float32, "dtype float32"),
+    ("tpu_flash", "gpu", jnp.bfloat16, "needs a TPU"),
+    ("flash", "cpu", jnp.float32, "expected one of"),
+])
+def test_impossible_requests_name_the_config_field(requested, platform, dtype, message):
+  with pytest.raises(ValueError, match="config.model.attention") as err:
+    layers.resolve_attention(requested, dtype, platform)
+  assert message in str(err.value)
+
+
+def test_check_config_rejects_unknown_attention():
+  cfg = config_lib.tiny(config_lib.model_config("cast", attention="fast"))
+  with pytest.raises(ValueError, match="config.model.attention='fast'"):
+    models.check_config(cfg)
+
+
+@pytest.mark.parametrize("q_len,k_len", [(130, 140), (128, 256), (200, 129)])
+def test_tpu_flash_kernel_matches_xla_values_and_gradients(q_len, k_len):
+  from jax.experimental.pallas import tpu as pltpu
+  q, k, v = _qkv(q_len, k_len)
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(layers.attention(q, k, v, impl)))
+  want, want_grads = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  with pltpu.force_tpu_interpret_mode():
+    got, got_grads = jax.value_and_grad(loss("tpu_flash"), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, atol=2e-5)
+
+
+def test_tpu_flash_keeps_short_windows_on_xla():
+  # CAST's T2S windows have 8 keys: padding them to a 128 block would be mostly waste.
+  q, k, v = _qkv(8, 8)
+  np.testing.assert_array_equal(layers.attention(q, k, v, "tpu_flash"),
+                                jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+
+
+def test_model_modules_use_the_resolved_kernel():
+  cfg = config_lib.tiny(config_lib.model_config("ca2st", attention="xla"))
+  model = models.build(cfg, rngs=nnx.Rngs(0))
+  kernels = {m.implementation for _, m in nnx.iter_graph(model) if hasattr(m, "implementation")}
+  assert kernels == {"xla"}
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
+@pytest.mark.parametrize("q_len,k_len,head_dim", [(1568, 1568, 64), (197, 197, 64), (8, 8, 32),
+                                                  (196, 196, 32), (1212, 1568, 32)])
+def test_cudnn_matches_xla_on_the_models_shapes(q_len, k_len, head_dim):
+  q, k, v = _qkv(q_len, k_len, head_dim=head_dim, dtype=jnp.bfloat16)
+  loss = lambda impl: lambda q, k, v: jnp.sum(layers.attention(q, k, v, impl).astype(jnp.float32))
+  want, want_grads = jax.jit(jax.value_and_grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v)
+  got, got_grads = jax.jit(jax.value_and_grad(loss("cudnn"), argnums=(0, 1, 2)))(q, k, v)
+  out_x = layers.attention(q, k, v, "xla").astype(jnp.float32)
+  out_c = jax.jit(lambda q, k, v: layers.attention(q, k, v, "cudnn"))(q, k, v).astype(jnp.float32)
+  np.testing.assert_allclose(out_c, out_x, atol=2e-2)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=5e-2)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["cast", "ca2st"])
+def test_cudnn_model_matches_xla_model(name):
+  logits = {}
+  for impl in ("xla", "cudnn"):
+    cfg = config_lib.tiny(config_lib.model_config(name, attention=impl, dtype="bfloat16",
+                                                  num_heads=4, bottleneck_dim=32, width=64))
+    model = models.build(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    video = jnp.asarray(rng.normal(size=(2, cfg.num_frames, cfg.image_size, cfg.image_size, 3)),
+                        jnp.float32)
+    inputs = {}
+    if name == "ca2st":
+      inputs["audio"] = jnp.asarray(rng.normal(size=(2, cfg.spectrogram_length, cfg.num_mel_bins)),
+                                    jnp.float32)
+      inputs["audio_times"] = jnp.tile(jnp.linspace(0, 1, 18).reshape(1, 9, 2), (2, 1, 1))
+    logits[impl] = np.asarray(nnx.jit(lambda m, v, i: m(video=v, **i, deterministic=True))(
+        model, video, inputs)["label"], np.float32)
+  np.testing.assert_allclose(logits["cudnn"], logits["xla"], atol=5e-2)
