@@ -17,6 +17,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       drop_path=0.2, head_dropout=0.0,
       dtype='bfloat16',
       attention='auto',         # 'auto' | 'xla' | 'cudnn' | 'tpu_flash' (models.layers.resolve_attention)
+      store_frozen_in_compute_dtype=True,  # frozen expert weights in `dtype` (bf16), not fp32
       remat='none',             # 'none' | 'full' | 'dots': recompute each layer in the backward pass
       # CAVA / CA²ST exchange switches (SPEC §6), reference defaults.
       audio_exchange_start=9,   # CA: first layer with the audio pairs (0 = all layers)
@@ -63,11 +64,12 @@ def audio_visual_recipe(config, variant: str, *, with_map: bool = False):
 
 
 def tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The same model at CPU-test size: width 32, 2 layers, 32x32 frames, 8 frames."""
+  """The same model at CPU-test size: width 32, 2 layers, 32x32 frames, 8 frames, float32.
+  (Frozen parameters stay float32 also when a test switches the compute dtype to bfloat16.)"""
   model.update(dict(
       width=32, depth=2, num_heads=2, mlp_dim=64, adapter_dim=8, bottleneck_dim=16,
       image_size=32, patch_size=16, num_frames=8, num_mel_bins=32, spectrogram_length=64,
-      dtype='float32'))
+      dtype='float32', store_frozen_in_compute_dtype=False))
   return model
 
 

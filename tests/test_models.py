@@ -164,6 +164,19 @@ def _shared_per_layer(cfg, name, layer):
   return 3 * (width * dim + dim) + 3 * (dim * width + width)
 
 
+def _per_layer_counts(trainable):
+  """{model layer i: its parameter count} from the stacked layer groups: slice k of `layers` is
+  layer k; CA²ST's `audio_exchange_layers` holds the layers after those."""
+  counts = {}
+  for group in ('layers', 'audio_exchange_layers'):
+    if group not in trainable:
+      continue
+    leaves = jax.tree.leaves(trainable[group])
+    for _ in range(leaves[0].shape[0]):
+      counts[len(counts)] = sum(math.prod(x.shape[1:]) for x in leaves)
+  return counts
+
+
 @pytest.mark.parametrize('tsv,name,overrides', [
     ('official_keys_cast_k400.tsv', 'cast', dict(num_classes=400)),
     ('official_keys_cast_ek100.tsv', 'cast_compositional', {}),
@@ -178,7 +191,7 @@ def test_trainable_set_matches_reference(tsv, name, overrides):
   model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
   trainable = nnx.state(model, models.TRAINABLE)
   ref_blocks, ref_top, ref_frozen = _reference_counts(tsv)
-  per_layer = {i: count(trainable['layers'][i]) for i in range(cfg.depth)}
+  per_layer = _per_layer_counts(trainable)
   assert per_layer == {i: ref_blocks[i] - _shared_per_layer(cfg, name, i) for i in range(cfg.depth)}
   assert count(trainable) - sum(per_layer.values()) == ref_top
   assert count(nnx.state(model, models.FROZEN)) == ref_frozen

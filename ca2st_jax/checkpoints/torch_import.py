@@ -433,8 +433,7 @@ def infer_model_config(model):
   """
   import ml_collections  # pylint: disable=import-outside-toplevel
   from ca2st_jax.models import fused  # pylint: disable=import-outside-toplevel
-  layers = list(model.layers)
-  cfg = dict(depth=len(layers), learned_positions=False)
+  cfg = dict(depth=len(model.spatial.blocks), learned_positions=False)
   if isinstance(model, fused.CAST):
     cfg['name'] = 'cast_compositional' if model.compositional else 'cast'
   else:
@@ -442,8 +441,7 @@ def infer_model_config(model):
     te = model.time_encoding
     cfg.update(time_encoding=te is not None, split_time_mlp=te is not None and te.audio_mlp is not None)
     if cfg['name'] == 'ca2st':
-      starts = [i for i, layer in enumerate(layers) if layer.audio_spatial is not None]
-      cfg['audio_exchange_start'] = starts[0] if starts else len(layers)
+      cfg['audio_exchange_start'] = model.audio_exchange_start
   return ml_collections.ConfigDict(cfg)
 
 

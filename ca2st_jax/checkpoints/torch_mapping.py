@@ -22,6 +22,12 @@ copies to agree.
 
 Groups say which source provides an entry: 'clip', 'vmae', 'ast' (the experts), 'vmae_head'
 (the fine-tuned VideoMAE classifier), 'fusion' (adapters, B-CA, heads, time MLPs).
+
+Stacked layers: the models keep per-layer parameters stacked on a leading layer axis
+(`layers.Stack`: `spatial/blocks/attn/qkv/kernel` is [depth, ...]). The tables and everything
+below speak of one layer at a time: `spatial/blocks/{i}/attn/qkv/kernel` is slice i of it
+(`jax_shapes`, `model_arrays` and `assign` list, read and write such per-layer paths). CA²ST's
+layers from `audio_exchange_start` on are `audio_exchange_layers/{i - start}`.
 """
 from __future__ import annotations
 
@@ -90,8 +96,8 @@ def _clip_rules(b: _Builder, layers):
   b.add('clip_positional_embedding', 'spatial/positional_embedding', 'param', g)
   b.add('clip_conv1', 'spatial/patch_embed', 'conv2d', g, bias=False)
   b.add('clip_ln_pre', 'spatial/ln_pre', 'norm', g)
-  for ref, jax, kind in (('clip_ln_1', 'ln_1', 'norm'), ('clip_attn.out_proj', 'attn/out', 'linear'),
-                         ('clip_ln_2', 'ln_2', 'norm'), ('clip_mlp.c_fc', 'mlp/fc1', 'linear'),
+  for ref, jax, kind in (('clip_ln_1', 'norm1', 'norm'), ('clip_attn.out_proj', 'attn/out', 'linear'),
+                         ('clip_ln_2', 'norm2', 'norm'), ('clip_mlp.c_fc', 'mlp/fc1', 'linear'),
                          ('clip_mlp.c_proj', 'mlp/fc2', 'linear')):
     b.add(f'blocks.{{i}}.{ref}', f'spatial/blocks/{{i}}/{jax}', kind, g, layers=layers)
   for i in layers:  # nn.MultiheadAttention's fused in-projection has bare tensor names
@@ -269,7 +275,16 @@ def _ca2st_table(cfg) -> list[Entry]:
   b.add('audio_verb_last_Adapter.c_fc', 'audio_last_adapter/fc1', 'linear', 'fusion')
   b.add('audio_verb_last_Adapter.c_proj', 'audio_last_adapter/fc2', 'linear', 'fusion')
   b.add('head', 'head', 'linear', 'fusion')
-  return b.entries
+  # Model layers i >= audio_exchange_start are slice i - start of the second layer group.
+  start = min(cfg.audio_exchange_start, cfg.depth)
+
+  def group_path(path):
+    parts = path.split('/')
+    if parts[0] == 'layers' and int(parts[1]) >= start:
+      return '/'.join(['audio_exchange_layers', str(int(parts[1]) - start), *parts[2:]])
+    return path
+
+  return [dataclasses.replace(e, jax=group_path(e.jax)) for e in b.entries]
 
 
 TABLES: dict[str, Callable] = {
@@ -299,11 +314,44 @@ def _flat_params(model):
   return [(_fmt_path(p), v) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]
 
 
-def _walk(model, path: str):
+def _stacks(model) -> dict[str, int]:
+  """{path of each stacked layer group (layers.Stack) in the model: its number of layers}."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.models.layers import Stack  # pylint: disable=import-outside-toplevel
+  return {_fmt_path(p): len(node) for p, node in nnx.iter_graph(model) if isinstance(node, Stack)}
+
+
+def _stack_of(path: str, stacks: Mapping[str, int]) -> str | None:
+  return next((s for s in stacks if path.startswith(s + '/')), None)
+
+
+def _per_layer_params(model):
+  """(per-layer path, path in nnx.state, Variable, layer index or None) of every parameter: a
+  stacked parameter `<stack>/<rest>` [L, ...] is listed once per layer as `<stack>/<i>/<rest>`."""
+  stacks = _stacks(model)
+  out = []
+  for path, var in _flat_params(model):
+    stack = _stack_of(path, stacks)
+    if stack is None:
+      out.append((path, path, var, None))
+    else:
+      rest = path[len(stack) + 1:]
+      out += [(f'{stack}/{i}/{rest}', path, var, i) for i in range(stacks[stack])]
+  return out
+
+
+def _walk(model, path: str, stacks: Mapping[str, int]):
+  """The Variable at a (per-layer) path and the layer index (None outside stacked groups)."""
+  stack, index = _stack_of(path, stacks), None
+  if stack is not None:
+    head, _, rest = path[len(stack) + 1:].partition('/')
+    if not head.isdigit():
+      raise AttributeError(path)
+    path, index = f'{stack}/{rest}', int(head)
   obj = model
   for part in path.split('/'):
     obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-  return obj
+  return obj, index
 
 
 def canonical_paths(model, entries: list[Entry]) -> list[Entry]:
@@ -312,30 +360,35 @@ def canonical_paths(model, entries: list[Entry]) -> list[Entry]:
   A parameter shared by several modules (CA²ST's shared B-CA projections) appears once in
   nnx.state, under one of its paths; the table may name any of them.
   """
-  by_id = {id(v): p for p, v in _flat_params_raw(model)}
+  stacks = _stacks(model)
+  by_id = {id(var): path for path, var in _flat_params_raw(model)}
   out = []
   for e in entries:
     try:
-      var = _walk(model, e.jax)
+      var, index = _walk(model, e.jax, stacks)
     except (AttributeError, IndexError, TypeError):
       out.append(e)  # check_table reports it
       continue
-    out.append(dataclasses.replace(e, jax=by_id.get(id(var), e.jax)))
+    path = by_id.get(id(var))
+    if path is None:
+      out.append(e)
+      continue
+    if index is not None:
+      stack = _stack_of(path, stacks)
+      path = f'{stack}/{index}/{path[len(stack) + 1:]}'
+    out.append(dataclasses.replace(e, jax=path))
   return out
 
 
 def _flat_params_raw(model):
-  """(path, the model's own Variable object) pairs."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  out = []
-  for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    out.append((_fmt_path(p), _walk(model, _fmt_path(p))))
-  return out
+  """(stacked path, the model's own Variable object) pairs."""
+  return [(p, _walk(model, p, {})[0]) for p, _ in _flat_params(model)]
 
 
 def jax_shapes(model) -> 'OrderedDict[str, tuple]':
-  """{path: shape} of a model's parameters (works on nnx.eval_shape models too)."""
-  return OrderedDict((p, tuple(v.get_value().shape)) for p, v in _flat_params(model))
+  """{per-layer path: shape} of a model's parameters (works on nnx.eval_shape models too)."""
+  return OrderedDict((p, tuple(v.get_value().shape)[0 if i is None else 1:])
+                     for p, _, v, i in _per_layer_params(model))
 
 
 def check_table(entries: list[Entry], shapes: Mapping[str, tuple]) -> None:
@@ -398,25 +451,45 @@ def to_jax(entries: list[Entry], ref: Mapping[str, np.ndarray], shapes: Mapping[
 
 
 def assign(model, arrays: Mapping[str, np.ndarray]) -> None:
-  """Writes {path: array} into the model's parameters (float32 params keep their dtype)."""
+  """Writes {per-layer path: array} into the model's parameters, cast to each parameter's dtype
+  (float32, or the compute dtype of frozen parameters stored in it). Layers of a stacked
+  parameter that `arrays` does not name keep their values."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  new_values = {}
+  for key, path, var, index in _per_layer_params(model):
+    if key not in arrays:
+      continue
+    value = np.asarray(arrays[key])
+    if path not in new_values:
+      new_values[path] = np.array(var.get_value(), dtype=np.float32)
+    old = new_values[path]
+    expected = old.shape if index is None else old.shape[1:]
+    if tuple(expected) != tuple(value.shape):
+      raise CheckpointError(f'{key}: expected {tuple(expected)}, found {value.shape}')
+    if index is None:
+      new_values[path] = value.astype(np.float32)
+    else:
+      old[index] = value
   new = []
-  for path, var in flat:
-    key = _fmt_path(path)
-    if key in arrays:
-      old = var.get_value()
-      if tuple(old.shape) != tuple(np.shape(arrays[key])):
-        raise CheckpointError(f'{key}: expected {tuple(old.shape)}, found {np.shape(arrays[key])}')
-      var = var.replace(jnp.asarray(arrays[key], dtype=old.dtype))
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if _fmt_path(path) in new_values:
+      var = var.replace(jnp.asarray(new_values[_fmt_path(path)], dtype=var.get_value().dtype))
     new.append((path, var))
   nnx.update(model, nnx.from_flat_state(new))
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:
+  """{per-layer path: float32 array} (parameters stored in bfloat16 are widened exactly)."""
   import jax  # pylint: disable=import-outside-toplevel
-  return {p: np.asarray(jax.device_get(v.get_value())) for p, v in _flat_params(model)}
+  out = {}
+  host = {}
+  for key, path, var, index in _per_layer_params(model):
+    if path not in host:
+      value = np.asarray(jax.device_get(var.get_value()))
+      host[path] = value.astype(np.float32) if value.dtype != np.float32 else value
+    out[key] = host[path] if index is None else host[path][index]
+  return out
 
 
 def model_table(model, cfg) -> list[Entry]:

@@ -1,6 +1,8 @@
 """Model construction, the trainable/frozen partition and layer ids for layer decay."""
+import jax
 from flax import nnx
 
+from ca2st_jax.models import fused
 from ca2st_jax.models import layers
 from ca2st_jax.models.fused import CA2ST, CAST, CAVA
 
@@ -46,10 +48,23 @@ def check_config(cfg):
 
 
 def build(cfg, *, rngs: nnx.Rngs):
-  """The model named by config.model.name, freshly initialised (SPEC §7)."""
+  """The model named by config.model.name, freshly initialised (SPEC §7). Parameters are
+  float32, the frozen ones in the compute dtype when config.model.store_frozen_in_compute_dtype."""
   check_config(cfg)
-  return {'cast': CAST, 'cast_compositional': CAST, 'cava': CAVA, 'ca2st': CA2ST}[cfg.name](
+  model = {'cast': CAST, 'cast_compositional': CAST, 'cava': CAVA, 'ca2st': CA2ST}[cfg.name](
       cfg, rngs=rngs)
+  if cfg.get('store_frozen_in_compute_dtype', False):
+    store_frozen_in(model, fused.dtype_of(cfg))
+  return model
+
+
+def store_frozen_in(model, dtype) -> None:
+  """Casts the frozen parameters (the experts but for ln_post / fc_norm) to `dtype`, e.g. the
+  bf16 compute dtype: they get no gradients, so fp32 copies only cost memory and a cast at every
+  use. Trainable parameters stay float32. Checkpoint import casts into the stored dtype, export
+  back to float32."""
+  frozen = nnx.state(model, FROZEN)
+  nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), frozen))
 
 
 def is_trainable(path) -> bool:
@@ -65,13 +80,20 @@ TRAINABLE = nnx.All(nnx.Param, lambda path, _: is_trainable(path))
 FROZEN = nnx.All(nnx.Param, nnx.Not(lambda path, _: is_trainable(path)))
 
 
-def layer_id(path, depth: int) -> int:
+def layer_id(path, depth: int) -> int | slice:
   """Layer index for layer decay, as the reference's get_layer_id_for_vit: 0 for the stems,
-  i + 1 for anything of block i (adapters and B-CA included), depth + 1 for the rest."""
+  i + 1 for anything of block i (adapters and B-CA included), depth + 1 for the rest.
+
+  A parameter stacked over layers (`*/blocks/*`, `layers/*`, `audio_exchange_layers/*`) gets a
+  slice of ids along its leading axis: slice(1, None) when its slice k is block k, or
+  slice(None, depth + 1) when it holds the last layers (CA²ST's audio_exchange_layers), its
+  last slice being block depth - 1.
+  """
   path = tuple(str(p) for p in path)
-  for container in ('layers', 'blocks'):
-    if container in path:
-      return int(path[path.index(container) + 1]) + 1
+  if path[0] == 'layers' or (path[0] in EXPERTS and path[1] == 'blocks'):
+    return slice(1, None)
+  if path[0] == 'audio_exchange_layers':
+    return slice(None, depth + 1)
   if path[0] in EXPERTS and path[1] in ('patch_embed', 'class_embedding', 'positional_embedding',
                                         'cls_token', 'dist_token', 'pos_embed'):
     return 0

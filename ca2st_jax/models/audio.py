@@ -17,27 +17,6 @@ def grid_shape(cfg):
   return ((cfg.num_mel_bins - patch) // stride + 1, (cfg.spectrogram_length - patch) // stride + 1)
 
 
-class AudioBlock(nnx.Module):
-
-  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
-    self.norm1 = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(
-        cfg.width, cfg.num_heads, bias='qkv',
-        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
-    self.norm2 = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
-    self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.gelu, dtype=dtype, rngs=rngs)
-
-  def attend(self, x):
-    return self.attn(self.norm1(x))
-
-  def pre_mlp(self, x):
-    return self.norm2(x)
-
-  def __call__(self, x):
-    x = x + self.attend(x)
-    return x + self.mlp(self.pre_mlp(x))
-
-
 class AudioExpert(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
@@ -48,7 +27,10 @@ class AudioExpert(nnx.Module):
     self.cls_token = nnx.Param(jnp.zeros((1, 1, cfg.width), jnp.float32))
     self.dist_token = nnx.Param(jnp.zeros((1, 1, cfg.width), jnp.float32))
     self.pos_embed = nnx.Param(layers.TRUNC_NORMAL(rngs.params(), (1, freq * time + 2, cfg.width)))
-    self.blocks = nnx.List([AudioBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+    # Pre-LN DeiT blocks: exact-GELU MLP, eps 1e-6, one q|k|v bias.
+    self.blocks = layers.Stack([
+        layers.ViTBlock(cfg, eps=AST_EPS, act=layers.gelu, attention_bias='qkv', dtype=dtype,
+                        rngs=rngs) for _ in range(cfg.depth)])
     self.norm = layers.layer_norm(cfg.width, eps=AST_EPS, dtype=dtype, rngs=rngs)
 
   def embed(self, spectrogram):
@@ -66,7 +48,6 @@ class AudioExpert(nnx.Module):
     return (x[:, 0] + x[:, 1]) / 2
 
   def __call__(self, spectrogram):
-    x = self.embed(spectrogram)
-    for block in self.blocks:
-      x = block(x)
+    x = layers.run_stacks(lambda block, x, _: block(x), self.embed(spectrogram),
+                          [self.blocks.layer_params()])
     return self.pool(x)

@@ -1,8 +1,12 @@
 """The assembled models: CAST, CAST-compositional, CAVA and CA²ST.
 
 The experts run side by side, block by block: block i of every expert runs inside model
-layer i, whose adapters and B-CA exchanges live in `self.layers[i]`. The experts' own blocks
-stay inside the experts, so `model.spatial(video)` is the frozen CLIP tower run alone.
+layer i, whose adapters and B-CA exchanges are slice i of the stacked `self.layers`. The experts'
+own blocks stay inside the experts (`spatial.blocks`, ...), so `model.spatial(video)` is the
+frozen CLIP tower run alone. Layers are scanned (`layers.run_stacks`): one traced layer, its
+parameters stacked on a leading layer axis; the per-layer drop-path rates and keys are scanned
+inputs. CA²ST has two layer groups, `layers` before `audio_exchange_start` and
+`audio_exchange_layers` from it on (the audio exchanges exist only there): two scans.
 """
 import jax
 import jax.numpy as jnp
@@ -27,62 +31,63 @@ def dtype_of(cfg):
   return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[cfg.dtype]
 
 
-# What a rematerialised layer keeps for the backward pass: nothing but its inputs ('full'), or
-# also the outputs of its weight matmuls ('dots', cheaper recompute, more memory).
-REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+class DropPathRates(nnx.Module):
+  """The per-layer drop-path rates (0 .. drop_path, linearly) and a key stream for their masks;
+  `inputs` gives the scanned inputs of layers start..stop-1."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self.rates = tuple(drop_path_rates(cfg))
+    self.rng = rngs['dropout'].fork() if cfg.drop_path > 0 else None
+
+  def inputs(self, deterministic: bool):
+    """(rates [depth], keys [depth]) in training with drop_path > 0, else None."""
+    if deterministic or self.rng is None:
+      return None
+    return jnp.asarray(self.rates, jnp.float32), jax.random.split(self.rng(), len(self.rates))
 
 
-def run_layer(remat: str, layer, blocks: tuple, arrays: tuple, *, deterministic: bool):
-  """layer(*blocks, *arrays), optionally rematerialised: its activations are recomputed in the
-  backward pass. Parameters enter jax.checkpoint as inputs; only the dropout RNG counters are
-  written back, and only in training, so an eval forward may close over arrays of an outer trace."""
-  if remat == 'none':
-    return layer(*blocks, *arrays, deterministic=deterministic)
-  graphdef, params, others = nnx.split((layer, blocks), nnx.Param, ...)
-
-  def pure(params, others, arrays):
-    layer, blocks = nnx.merge(graphdef, params, others)
-    out = layer(*blocks, *arrays, deterministic=deterministic)
-    return out, nnx.state((layer, blocks), nnx.Not(nnx.Param))
-
-  out, others = jax.checkpoint(pure, policy=REMAT_POLICIES[remat])(params, others, arrays)
-  if not deterministic:
-    nnx.update((layer, blocks), others)
-  return out
+def drop_path_of(layer_inputs):
+  return layers.NO_DROP_PATH if layer_inputs is None else layers.DropPath(*layer_inputs)
 
 
-def mlp_step(block, adapter, drop_path, x, deterministic):
+def select(inputs, start, stop):
+  return None if inputs is None else jax.tree.map(lambda x: x[start:stop], inputs)
+
+
+# Sample axes of the drop paths, as the reference's layouts have them: CLIP tokens are
+# [N, B*S, D] everywhere (axis 1 of ours), VideoMAE's [B, N, D]; AST tokens are [B, N, D] in
+# its attention and MLP, [N, B, D] inside the exchanges.
+SPATIAL_AXIS, TEMPORAL_AXIS, AUDIO_AXIS, AUDIO_CROSS_AXIS = 1, 0, 0, 1
+
+
+def mlp_step(block, adapter, drop_path, sample_axis, x):
   """The expert's MLP residual plus its MLP adapter (no skip, scaled 0.5, drop-pathed)."""
   h = block.pre_mlp(x)
-  return x + block.mlp(h) + drop_path(MLP_ADAPTER_SCALE * adapter(h), deterministic=deterministic)
+  return x + block.mlp(h) + drop_path(MLP_ADAPTER_SCALE * adapter(h), sample_axis=sample_axis)
 
 
 class CastLayer(nnx.Module):
   """Adapters and the S↔T exchange of one CAST block (SPEC §4)."""
 
-  def __init__(self, cfg, drop_path: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     width, hidden = cfg.width, cfg.adapter_dim
     self.spatial_adapter = layers.Adapter(width, hidden, skip=True, dtype=dtype, rngs=rngs)
     self.temporal_adapter = layers.Adapter(width, hidden, skip=True, dtype=dtype, rngs=rngs)
     self.space_time = bca.SpaceTimeExchange(cfg, dtype=dtype, rngs=rngs)
     self.spatial_mlp_adapter = layers.Adapter(width, hidden, skip=False, dtype=dtype, rngs=rngs)
     self.temporal_mlp_adapter = layers.Adapter(width, hidden, skip=False, dtype=dtype, rngs=rngs)
-    # The reference keeps CLIP tokens as [N, B*S, D] and drops along N; VideoMAE's are [B, N, D].
-    self.spatial_drop_path = layers.DropPath(drop_path, sample_axis=1, rngs=rngs)
-    self.temporal_drop_path = layers.DropPath(drop_path, sample_axis=0, rngs=rngs)
 
-  def __call__(self, spatial_block, temporal_block, spatial, temporal, *, deterministic):
+  def __call__(self, spatial_block, temporal_block, spatial, temporal, drop_path):
     spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
     temporal = temporal + self.temporal_adapter(temporal_block.attend(temporal))
 
     spatial_cross, temporal_cross = self.space_time(spatial, temporal)
-    spatial = spatial + self.spatial_drop_path(spatial_cross, deterministic=deterministic)
-    temporal = temporal + self.temporal_drop_path(temporal_cross, deterministic=deterministic)
+    spatial = spatial + drop_path(spatial_cross, sample_axis=SPATIAL_AXIS)
+    temporal = temporal + drop_path(temporal_cross, sample_axis=TEMPORAL_AXIS)
 
-    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
-                       deterministic)
-    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, self.temporal_drop_path,
-                        temporal, deterministic)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, drop_path, SPATIAL_AXIS, spatial)
+    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, drop_path, TEMPORAL_AXIS,
+                        temporal)
     return spatial, temporal
 
 
@@ -99,8 +104,8 @@ class CAST(nnx.Module):
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
-    self.layers = nnx.List([CastLayer(cfg, rate, dtype=dtype, rngs=rngs)
-                            for rate in drop_path_rates(cfg)])
+    self.layers = layers.Stack([CastLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+    self.drop_path = DropPathRates(cfg, rngs=rngs)
     self.head_dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
     if self.compositional:
       self.verb_head = layers.dense(cfg.width, cfg.num_verbs, dtype=dtype, rngs=rngs)
@@ -114,12 +119,14 @@ class CAST(nnx.Module):
 
   def features(self, video, *, deterministic=True):
     """Pooled (spatial, temporal) features after all layers."""
-    spatial = self.spatial.embed(video)
-    temporal = self.temporal.embed(video)
-    for layer, spatial_block, temporal_block in zip(
-        self.layers, self.spatial.blocks, self.temporal.blocks):
-      spatial, temporal = run_layer(self.remat, layer, (spatial_block, temporal_block),
-                                    (spatial, temporal), deterministic=deterministic)
+    def body(layer, spatial_block, temporal_block, tokens, layer_inputs):
+      return layer(spatial_block, temporal_block, *tokens, drop_path_of(layer_inputs))
+
+    spatial, temporal = layers.run_stacks(
+        body, (self.spatial.embed(video), self.temporal.embed(video)),
+        [self.layers.layer_params(), self.spatial.blocks.layer_params(),
+         self.temporal.blocks.layer_params()],
+        self.drop_path.inputs(deterministic), remat=self.remat)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
@@ -143,32 +150,25 @@ def encode_times(time_encoding, audio_times):
 class CavaLayer(nnx.Module):
   """Adapters and the A↔S exchange of one CAVA block."""
 
-  def __init__(self, cfg, drop_path: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     width, hidden = cfg.width, cfg.adapter_dim
     self.audio_adapter = layers.Adapter(width, hidden, skip=True, dtype=dtype, rngs=rngs)
     self.spatial_adapter = layers.Adapter(width, hidden, skip=True, dtype=dtype, rngs=rngs)
     self.audio_spatial = bca.GlobalExchange(cfg, visual_prefix=1, dtype=dtype, rngs=rngs)
     self.audio_mlp_adapter = layers.Adapter(width, hidden, skip=False, dtype=dtype, rngs=rngs)
     self.spatial_mlp_adapter = layers.Adapter(width, hidden, skip=False, dtype=dtype, rngs=rngs)
-    # AST tokens are [B, N, D] in the reference's attention and MLP, [N, B, D] in its B-CA.
-    self.audio_drop_path = layers.DropPath(drop_path, sample_axis=0, rngs=rngs)
-    self.audio_cross_drop_path = layers.DropPath(drop_path, sample_axis=1, rngs=rngs)
-    self.spatial_drop_path = layers.DropPath(drop_path, sample_axis=1, rngs=rngs)
 
-  def __call__(self, audio_block, spatial_block, audio, spatial, audio_time, video_time, *,
-               deterministic):
-    audio = audio + self.audio_drop_path(
-        self.audio_adapter(audio_block.attend(audio)), deterministic=deterministic)
+  def __call__(self, audio_block, spatial_block, audio, spatial, audio_time, video_time,
+               drop_path):
+    audio = audio + drop_path(self.audio_adapter(audio_block.attend(audio)), sample_axis=AUDIO_AXIS)
     spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
 
     audio_cross, spatial_cross = self.audio_spatial(audio, spatial, audio_time, video_time)
-    audio = audio + self.audio_cross_drop_path(audio_cross, deterministic=deterministic)
-    spatial = spatial + self.spatial_drop_path(spatial_cross, deterministic=deterministic)
+    audio = audio + drop_path(audio_cross, sample_axis=AUDIO_CROSS_AXIS)
+    spatial = spatial + drop_path(spatial_cross, sample_axis=SPATIAL_AXIS)
 
-    audio = mlp_step(audio_block, self.audio_mlp_adapter, self.audio_drop_path, audio,
-                     deterministic)
-    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
-                       deterministic)
+    audio = mlp_step(audio_block, self.audio_mlp_adapter, drop_path, AUDIO_AXIS, audio)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, drop_path, SPATIAL_AXIS, spatial)
     return audio, spatial
 
 
@@ -186,8 +186,8 @@ class CAVA(nnx.Module):
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs, ln_post_eps=1e-6)
     self.time_encoding = (bca.TimeEncoding(cfg, dtype=dtype, rngs=rngs)
                           if cfg.time_encoding else None)
-    self.layers = nnx.List([CavaLayer(cfg, rate, dtype=dtype, rngs=rngs)
-                            for rate in drop_path_rates(cfg)])
+    self.layers = layers.Stack([CavaLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+    self.drop_path = DropPathRates(cfg, rngs=rngs)
     # Present (and trained) in the reference's state_dict but never used by its forward;
     # kept so checkpoints move both ways with strict loading.
     self.audio_ln_post = layers.layer_norm(cfg.width, eps=1e-5, dtype=dtype, rngs=rngs)
@@ -200,12 +200,16 @@ class CAVA(nnx.Module):
 
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
-    audio_tokens = self.audio.embed(audio)
-    spatial = self.spatial.embed(video)
-    for layer, audio_block, spatial_block in zip(self.layers, self.audio.blocks, self.spatial.blocks):
-      audio_tokens, spatial = run_layer(
-          self.remat, layer, (audio_block, spatial_block),
-          (audio_tokens, spatial, audio_time, video_time), deterministic=deterministic)
+
+    def body(layer, audio_block, spatial_block, tokens, layer_inputs):
+      return layer(audio_block, spatial_block, *tokens, audio_time, video_time,
+                   drop_path_of(layer_inputs))
+
+    audio_tokens, spatial = layers.run_stacks(
+        body, (self.audio.embed(audio), self.spatial.embed(video)),
+        [self.layers.layer_params(), self.audio.blocks.layer_params(),
+         self.spatial.blocks.layer_params()],
+        self.drop_path.inputs(deterministic), remat=self.remat)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
@@ -218,7 +222,7 @@ class Ca2stLayer(nnx.Module):
   """Adapters and exchanges of one CA²ST block: S↔T in every layer, A↔S and A↔T from layer
   `audio_exchange_start` on, applied in sequence ('seq') or averaged ('add')."""
 
-  def __init__(self, cfg, index: int, drop_path: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, index: int, *, dtype, rngs: nnx.Rngs):
     width, hidden = cfg.width, cfg.adapter_dim
     self.method = cfg.exchange_method
     adapter = lambda skip: layers.Adapter(width, hidden, skip=skip, dtype=dtype, rngs=rngs)
@@ -240,52 +244,45 @@ class Ca2stLayer(nnx.Module):
       self.audio_spatial = self.audio_temporal = None
     self.spatial_mlp_adapter, self.temporal_mlp_adapter, self.audio_mlp_adapter = (
         adapter(False), adapter(False), adapter(False))
-    # Reference layouts: CLIP [N, B*S, D] everywhere, AST [N, B, D] inside the exchanges only.
-    self.spatial_drop_path = layers.DropPath(drop_path, sample_axis=1, rngs=rngs)
-    self.temporal_drop_path = layers.DropPath(drop_path, sample_axis=0, rngs=rngs)
-    self.audio_drop_path = layers.DropPath(drop_path, sample_axis=0, rngs=rngs)
-    self.audio_cross_drop_path = layers.DropPath(drop_path, sample_axis=1, rngs=rngs)
 
-  def exchange(self, spatial, temporal, audio, audio_time, video_time, deterministic):
-    drop = lambda module, x: module(x, deterministic=deterministic)
+  def exchange(self, spatial, temporal, audio, audio_time, video_time, drop_path):
+    drop_spatial = lambda x: drop_path(x, sample_axis=SPATIAL_AXIS)
+    drop_temporal = lambda x: drop_path(x, sample_axis=TEMPORAL_AXIS)
+    drop_audio = lambda x: drop_path(x, sample_axis=AUDIO_CROSS_AXIS)
     spatial_st, temporal_st = self.space_time(spatial, temporal)
-    spatial_st = drop(self.spatial_drop_path, spatial_st)
-    temporal_st = drop(self.temporal_drop_path, temporal_st)
+    spatial_st = drop_spatial(spatial_st)
+    temporal_st = drop_temporal(temporal_st)
     if self.audio_spatial is None:
       return spatial + spatial_st, temporal + temporal_st, audio
     if self.method == 'add':
       audio_as, spatial_as = self.audio_spatial(audio, spatial, audio_time, video_time)
       audio_at, temporal_at = self.audio_temporal(audio, temporal, audio_time, video_time)
-      spatial = spatial + (spatial_st + drop(self.spatial_drop_path, spatial_as)) / 2
-      temporal = temporal + (temporal_st + drop(self.temporal_drop_path, temporal_at)) / 2
-      audio = audio + (drop(self.audio_cross_drop_path, audio_as)
-                       + drop(self.audio_cross_drop_path, audio_at)) / 2
+      spatial = spatial + (spatial_st + drop_spatial(spatial_as)) / 2
+      temporal = temporal + (temporal_st + drop_temporal(temporal_at)) / 2
+      audio = audio + (drop_audio(audio_as) + drop_audio(audio_at)) / 2
       return spatial, temporal, audio
     spatial, temporal = spatial + spatial_st, temporal + temporal_st
     audio_as, spatial_as = self.audio_spatial(audio, spatial, audio_time, video_time)
-    spatial = spatial + drop(self.spatial_drop_path, spatial_as)
-    audio = audio + drop(self.audio_cross_drop_path, audio_as)
+    spatial = spatial + drop_spatial(spatial_as)
+    audio = audio + drop_audio(audio_as)
     audio_at, temporal_at = self.audio_temporal(audio, temporal, audio_time, video_time)
-    temporal = temporal + drop(self.temporal_drop_path, temporal_at)
-    audio = audio + drop(self.audio_cross_drop_path, audio_at)
+    temporal = temporal + drop_temporal(temporal_at)
+    audio = audio + drop_audio(audio_at)
     return spatial, temporal, audio
 
   def __call__(self, spatial_block, temporal_block, audio_block, spatial, temporal, audio,
-               audio_time, video_time, *, deterministic):
+               audio_time, video_time, drop_path):
     spatial = spatial + self.spatial_adapter(spatial_block.attend(spatial))
     temporal = temporal + self.temporal_adapter(temporal_block.attend(temporal))
-    audio = audio + self.audio_drop_path(
-        self.audio_adapter(audio_block.attend(audio)), deterministic=deterministic)
+    audio = audio + drop_path(self.audio_adapter(audio_block.attend(audio)), sample_axis=AUDIO_AXIS)
 
     spatial, temporal, audio = self.exchange(
-        spatial, temporal, audio, audio_time, video_time, deterministic)
+        spatial, temporal, audio, audio_time, video_time, drop_path)
 
-    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, self.spatial_drop_path, spatial,
-                       deterministic)
-    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, self.temporal_drop_path,
-                        temporal, deterministic)
-    audio = mlp_step(audio_block, self.audio_mlp_adapter, self.audio_drop_path, audio,
-                     deterministic)
+    spatial = mlp_step(spatial_block, self.spatial_mlp_adapter, drop_path, SPATIAL_AXIS, spatial)
+    temporal = mlp_step(temporal_block, self.temporal_mlp_adapter, drop_path, TEMPORAL_AXIS,
+                        temporal)
+    audio = mlp_step(audio_block, self.audio_mlp_adapter, drop_path, AUDIO_AXIS, audio)
     return spatial, temporal, audio
 
 
@@ -302,8 +299,13 @@ class CA2ST(nnx.Module):
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     self.time_encoding = (bca.TimeEncoding(cfg, dtype=dtype, rngs=rngs)
                           if cfg.time_encoding else None)
-    self.layers = nnx.List([Ca2stLayer(cfg, i, rate, dtype=dtype, rngs=rngs)
-                            for i, rate in enumerate(drop_path_rates(cfg))])
+    # Two scanned groups of different structure; a group without layers is None.
+    stack = lambda indices: layers.Stack(
+        [Ca2stLayer(cfg, i, dtype=dtype, rngs=rngs) for i in indices]) if indices else None
+    self.audio_exchange_start = min(cfg.audio_exchange_start, cfg.depth)
+    self.layers = stack(range(self.audio_exchange_start))
+    self.audio_exchange_layers = stack(range(self.audio_exchange_start, cfg.depth))
+    self.drop_path = DropPathRates(cfg, rngs=rngs)
     # In the reference's state_dict (trained) but unused by its forward; kept for strict loading.
     self.audio_ln_post = layers.layer_norm(cfg.width, eps=1e-5, dtype=dtype, rngs=rngs)
     self.spatial_last_adapter = layers.Adapter(
@@ -318,12 +320,23 @@ class CA2ST(nnx.Module):
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
     spatial, temporal = self.spatial.embed(video), self.temporal.embed(video)
-    audio_tokens = self.audio.embed(audio)
-    for layer, *blocks in zip(self.layers, self.spatial.blocks, self.temporal.blocks,
-                              self.audio.blocks):
-      spatial, temporal, audio_tokens = run_layer(
-          self.remat, layer, tuple(blocks),
-          (spatial, temporal, audio_tokens, audio_time, video_time), deterministic=deterministic)
+    tokens = (spatial, temporal, self.audio.embed(audio))
+    drop_path_inputs = self.drop_path.inputs(deterministic)
+
+    def body(layer, spatial_block, temporal_block, audio_block, tokens, layer_inputs):
+      return layer(spatial_block, temporal_block, audio_block, *tokens, audio_time, video_time,
+                   drop_path_of(layer_inputs))
+
+    start, depth = self.audio_exchange_start, len(self.spatial.blocks)
+    for group, first, stop in ((self.layers, 0, start),
+                               (self.audio_exchange_layers, start, depth)):
+      if group is None:
+        continue
+      experts = [expert.blocks.layer_params(first, stop)
+                 for expert in (self.spatial, self.temporal, self.audio)]
+      tokens = layers.run_stacks(body, tokens, [group.layer_params(), *experts],
+                                 select(drop_path_inputs, first, stop), remat=self.remat)
+    spatial, temporal, audio_tokens = tokens
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):

@@ -1,8 +1,8 @@
-"""Building blocks shared by the three experts and the exchange modules.
+"""Building blocks shared by the three experts and the exchange modules, and the stacked layers.
 
-Parameters are always float32; `dtype` is the compute dtype (float32 or bfloat16).
-LayerNorm statistics are reduced in float32 whatever the compute dtype, as the reference's
-fp16-safe LayerNorm does.
+Parameters are created in float32; `dtype` is the compute dtype (float32 or bfloat16). The frozen
+experts may then be stored in the compute dtype (`models.build`). LayerNorm statistics are
+reduced in float32 whatever the compute dtype, as the reference's fp16-safe LayerNorm does.
 """
 import functools
 
@@ -36,24 +36,32 @@ def layer_norm(dim, *, eps, dtype, rngs):
                        use_fast_variance=False, rngs=rngs)
 
 
-class DropPath(nnx.Module):
-  """Stochastic depth: zeroes whole slices along `sample_axis` and rescales the rest.
+class DropPath:
+  """Stochastic depth inside one layer: zeroes whole slices along a sample axis and rescales the rest.
 
-  The reference drops along the first axis of whatever layout the tensor has at that point
-  (per sample for [B, N, D] tensors, per token position for CLIP's [N, B, D] tensors), so the
-  axis is explicit here.
+  Built per layer call from the layer's rate and key (scanned inputs, see `Stack`); each call
+  draws a fresh mask. The reference drops along the first axis of whatever layout the tensor has
+  at that point (per sample for [B, N, D] tensors, per token position for CLIP's [N, B, D]
+  tensors), so the axis is explicit. `DropPath(None, None)` is the identity (eval, or rate 0).
   """
 
-  def __init__(self, rate: float, sample_axis: int, *, rngs: nnx.Rngs):
+  def __init__(self, rate, key):
     self.rate = rate
-    self.sample_axis = sample_axis
-    self.dropout = nnx.Dropout(rate, rngs=rngs) if rate > 0 else None
+    self.key = key
+    self.calls = 0
 
-  def __call__(self, x, *, deterministic: bool):
-    if self.dropout is None:
+  def __call__(self, x, *, sample_axis: int):
+    if self.rate is None:
       return x
-    self.dropout.broadcast_dims = tuple(a for a in range(x.ndim) if a != self.sample_axis % x.ndim)
-    return self.dropout(x, deterministic=deterministic)
+    self.calls += 1
+    shape = [1] * x.ndim
+    shape[sample_axis] = x.shape[sample_axis]
+    keep_prob = 1.0 - self.rate
+    keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.calls), keep_prob, shape)
+    return jnp.where(keep, x.astype(jnp.float32) / keep_prob, 0).astype(x.dtype)
+
+
+NO_DROP_PATH = DropPath(None, None)
 
 
 class Adapter(nnx.Module):
@@ -190,3 +198,109 @@ def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
   angle = position / np.power(10000, exponent)[None, :]
   table = np.where(np.arange(dim) % 2 == 0, np.sin(angle), np.cos(angle))
   return table.astype(np.float32)
+
+
+class ViTBlock(nnx.Module):
+  """The pre-LN transformer block of all three experts: x + attn(norm1(x)), x + mlp(norm2(x)).
+
+  They differ only in the LayerNorm epsilon, the MLP activation and the attention biases:
+  CLIP 1e-5, QuickGELU, q|k|v bias; VideoMAE 1e-6, GELU, q and v biases (no k bias);
+  AST 1e-6, GELU, q|k|v bias. The fused layers call `attend`, `pre_mlp` and `mlp` separately
+  to insert their adapters and exchanges between them.
+  """
+
+  def __init__(self, cfg, *, eps: float, act, attention_bias: str, dtype, rngs: nnx.Rngs):
+    self.norm1 = layer_norm(cfg.width, eps=eps, dtype=dtype, rngs=rngs)
+    self.attn = Attention(cfg.width, cfg.num_heads, bias=attention_bias,
+                          implementation=resolve_attention(cfg.attention, dtype), dtype=dtype,
+                          rngs=rngs)
+    self.norm2 = layer_norm(cfg.width, eps=eps, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(cfg.width, cfg.mlp_dim, act=act, dtype=dtype, rngs=rngs)
+
+  def attend(self, x):
+    return self.attn(self.norm1(x))
+
+  def pre_mlp(self, x):
+    return self.norm2(x)
+
+  def __call__(self, x):
+    x = x + self.attend(x)
+    return x + self.mlp(self.pre_mlp(x))
+
+
+# What a rematerialised layer keeps for the backward pass: nothing but its inputs ('full'), or
+# also the outputs of its weight matmuls ('dots', cheaper recompute, more memory).
+REMAT_POLICIES = {'full': None, 'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class Stack(nnx.Module):
+  """Layers of one structure with their parameters stacked along a leading layer axis.
+
+  Built from the per-layer modules (so their initialisation is the unstacked one); the stacked
+  parameters keep the layer's own attribute names: `spatial/blocks/attn/qkv/kernel` is
+  [depth, width, 3 * width]. `run_stacks` runs stacks with one traced layer (jax.lax.scan).
+  `len(stack)` is the number of layers; `stack[i]` is layer i as a standalone module (a copy,
+  for tests and inspection). Only parameters may be stacked: randomness enters the scan as
+  inputs (`DropPath`).
+  """
+
+  def __init__(self, modules):
+    if not modules:
+      raise ValueError('a Stack needs at least one layer')
+    graphdef, _ = nnx.split(modules[0])
+    states = []
+    for module in modules:
+      module_graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+      if module_graphdef != graphdef:
+        raise ValueError(f'layers of a Stack must share one structure: {type(module).__name__}')
+      if jax.tree.leaves(rest):
+        raise ValueError(f'{type(module).__name__} holds non-parameter state; a Stack holds '
+                         'parameters only')
+      states.append(nnx.to_pure_dict(params))
+    stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+    self.layer_graphdef = graphdef
+    self.num_layers = len(modules)
+    for name, value in vars(stacked).items():
+      if not name.startswith('_pytree__'):
+        setattr(self, name, value)
+
+  def __len__(self):
+    return self.num_layers
+
+  def layer_params(self, start: int = 0, stop: int | None = None):
+    """(graphdef of one layer, parameters of layers start..stop-1 stacked) for `run_stacks`."""
+    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    if (start, stop) != (0, None):
+      params = jax.tree.map(lambda x: x[start:stop], params)
+    return self.layer_graphdef, params
+
+  def __getitem__(self, i: int):
+    if not -self.num_layers <= i < self.num_layers:
+      raise IndexError(f'layer {i} of a Stack of {self.num_layers}')
+    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    return nnx.merge(self.layer_graphdef, jax.tree.map(lambda x: x[i], params))
+
+  def __iter__(self):
+    return (self[i] for i in range(self.num_layers))
+
+
+def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none'):
+  """Runs layer i of every stack together, for every i, as one scanned layer:
+
+      carry = body(*(layer i of each stack), carry, inputs[i])
+
+  stacks: `Stack.layer_params(...)` of each stack, all of one length; inputs: per-layer arrays
+  (leading axis = layers) or None. With remat 'full' / 'dots' each layer is rematerialised
+  (its activations recomputed in the backward pass, REMAT_POLICIES).
+  """
+  graphdefs = [graphdef for graphdef, _ in stacks]
+
+  def step(carry, xs):
+    params, layer_inputs = xs
+    modules = [nnx.merge(graphdef, p) for graphdef, p in zip(graphdefs, params)]
+    return body(*modules, carry, layer_inputs), None
+
+  if remat != 'none':
+    step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
+  carry, _ = jax.lax.scan(step, carry, ([params for _, params in stacks], inputs))
+  return carry

@@ -11,28 +11,6 @@ from ca2st_jax.models import layers
 CLIP_EPS = 1e-5
 
 
-class SpatialBlock(nnx.Module):
-  """Pre-LN CLIP residual block: QuickGELU MLP, LayerNorm eps 1e-5."""
-
-  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
-    self.ln_1 = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(
-        cfg.width, cfg.num_heads, bias='qkv',
-        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
-    self.ln_2 = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
-    self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.quick_gelu, dtype=dtype, rngs=rngs)
-
-  def attend(self, x):
-    return self.attn(self.ln_1(x))
-
-  def pre_mlp(self, x):
-    return self.ln_2(x)
-
-  def __call__(self, x):
-    x = x + self.attend(x)
-    return x + self.mlp(self.pre_mlp(x))
-
-
 class SpatialExpert(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, ln_post_eps: float = CLIP_EPS):
@@ -46,7 +24,10 @@ class SpatialExpert(nnx.Module):
     self.positional_embedding = nnx.Param(
         scale * nnx.initializers.normal(1.0)(rngs.params(), (grid * grid + 1, cfg.width)))
     self.ln_pre = layers.layer_norm(cfg.width, eps=CLIP_EPS, dtype=dtype, rngs=rngs)
-    self.blocks = nnx.List([SpatialBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+    # Pre-LN CLIP residual blocks: QuickGELU MLP, LayerNorm eps 1e-5, one q|k|v bias.
+    self.blocks = layers.Stack([
+        layers.ViTBlock(cfg, eps=CLIP_EPS, act=layers.quick_gelu, attention_bias='qkv',
+                        dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
     self.ln_post = layers.layer_norm(cfg.width, eps=ln_post_eps, dtype=dtype, rngs=rngs)
 
   def embed(self, video):
@@ -65,7 +46,6 @@ class SpatialExpert(nnx.Module):
     return self.ln_post(cls.mean(axis=1))
 
   def __call__(self, video):
-    x = self.embed(video)
-    for block in self.blocks:
-      x = block(x)
+    x = layers.run_stacks(lambda block, x, _: block(x), self.embed(video),
+                          [self.blocks.layer_params()])
     return self.pool(x)

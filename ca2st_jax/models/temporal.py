@@ -7,28 +7,6 @@ from ca2st_jax.models import layers
 VMAE_EPS = 1e-6
 
 
-class TemporalBlock(nnx.Module):
-  """Pre-LN VideoMAE block: q/v biases without k bias, exact-GELU MLP, eps 1e-6."""
-
-  def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
-    self.norm1 = layers.layer_norm(cfg.width, eps=VMAE_EPS, dtype=dtype, rngs=rngs)
-    self.attn = layers.Attention(
-        cfg.width, cfg.num_heads, bias='qv',
-        implementation=layers.resolve_attention(cfg.attention, dtype), dtype=dtype, rngs=rngs)
-    self.norm2 = layers.layer_norm(cfg.width, eps=VMAE_EPS, dtype=dtype, rngs=rngs)
-    self.mlp = layers.Mlp(cfg.width, cfg.mlp_dim, act=layers.gelu, dtype=dtype, rngs=rngs)
-
-  def attend(self, x):
-    return self.attn(self.norm1(x))
-
-  def pre_mlp(self, x):
-    return self.norm2(x)
-
-  def __call__(self, x):
-    x = x + self.attend(x)
-    return x + self.mlp(self.pre_mlp(x))
-
-
 class TemporalExpert(nnx.Module):
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
@@ -37,7 +15,10 @@ class TemporalExpert(nnx.Module):
         3, cfg.width, (cfg.tubelet_size, cfg.patch_size, cfg.patch_size),
         (cfg.tubelet_size, cfg.patch_size, cfg.patch_size), padding='VALID', use_bias=True,
         dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    self.blocks = nnx.List([TemporalBlock(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.depth)])
+    # Pre-LN VideoMAE blocks: q/v biases without k bias, exact-GELU MLP, eps 1e-6.
+    self.blocks = layers.Stack([
+        layers.ViTBlock(cfg, eps=VMAE_EPS, act=layers.gelu, attention_bias='qv', dtype=dtype,
+                        rngs=rngs) for _ in range(cfg.depth)])
     self.fc_norm = layers.layer_norm(cfg.width, eps=VMAE_EPS, dtype=dtype, rngs=rngs)
 
   def embed(self, video):
@@ -50,7 +31,6 @@ class TemporalExpert(nnx.Module):
     return self.fc_norm(x.mean(axis=1))
 
   def __call__(self, video):
-    x = self.embed(video)
-    for block in self.blocks:
-      x = block(x)
+    x = layers.run_stacks(lambda block, x, _: block(x), self.embed(video),
+                          [self.blocks.layer_params()])
     return self.pool(x)

@@ -23,8 +23,8 @@ def part_of(path) -> str:
   path = tuple(str(p) for p in path)
   if path[0] in models.EXPERTS:
     return path[0]
-  if path[0] == 'layers':
-    return 'adapters' if path[2].endswith('adapter') else 'exchange'
+  if path[0] in ('layers', 'audio_exchange_layers'):  # stacked: ('layers', module, ...)
+    return 'adapters' if path[1].endswith('adapter') else 'exchange'
   if path[0] == 'time_encoding':
     return 'time_encoding'
   return 'heads'
@@ -78,8 +78,9 @@ def count_macs(jaxpr) -> int:
       spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, *spatial)
       per_output = math.prod(kernel[d] for d in spec[2:]) * kernel[spec[1]]
       macs += math.prod(out) * per_output
+    repeats = eqn.params['length'] if name == 'scan' else 1  # a scanned layer runs `length` times
     for sub in _subjaxprs(eqn):
-      macs += count_macs(sub)
+      macs += repeats * count_macs(sub)
   return macs
 
 

@@ -56,31 +56,54 @@ def flat_paths(tree) -> list[tuple]:
   return out
 
 
-def decay_mask(params) -> Any:
-  """True where weight decay applies (reference: not 1-D, not *.bias, not in no_weight_decay())."""
+def _layer_ids(path, leaf, layer_id_fn, depth):
+  """layer_id_fn's id of a parameter: an int, or for a parameter stacked over layers (the id
+  function returns a slice: slice(first, None) or slice(None, last + 1)) an int array, one id
+  per slice of the leading axis."""
+  lid = layer_id_fn(path, depth)
+  if not isinstance(lid, slice):
+    return int(lid)
+  num_layers = np.shape(leaf)[0]
+  first = lid.start if lid.start is not None else lid.stop - num_layers
+  return first + np.arange(num_layers)
+
+
+def decay_mask(params, layer_id_fn: Callable[[tuple, int], int | slice] | None = None,
+               depth: int = 0) -> Any:
+  """True where weight decay applies (reference: not 1-D, not *.bias, not in no_weight_decay()).
+  With layer_id_fn, a parameter stacked over layers counts as one layer's slice (a stacked
+  LayerNorm scale [L, D] is 1-D)."""
   paths = flat_paths(params)
   leaves, treedef = jax.tree.flatten(params)
   mask = []
   for path, leaf in zip(paths, leaves):
     name = str(path[-1]) if path else ""
-    no = (len(getattr(leaf, 'shape', np.shape(leaf))) <= 1 or name == "bias" or name.endswith("_bias")
+    ndim = len(getattr(leaf, 'shape', np.shape(leaf)))
+    if layer_id_fn is not None and not isinstance(_layer_ids(path, leaf, layer_id_fn, depth), int):
+      ndim -= 1
+    no = (ndim <= 1 or name == "bias" or name.endswith("_bias")
           or any(NO_DECAY_NAME.search(str(p)) for p in path))
     mask.append(not no)
   return jax.tree.unflatten(treedef, mask)
 
 
-def layer_scales(params, layer_id_fn: Callable[[tuple, int], int] | None, depth: int,
+def layer_scales(params, layer_id_fn: Callable[[tuple, int], int | slice] | None, depth: int,
                  layer_decay: float) -> Any:
-  """Per-parameter lr multiplier layer_decay ** (depth + 1 - layer_id)."""
+  """Per-parameter lr multiplier layer_decay ** (depth + 1 - layer_id); for a parameter stacked
+  over layers an array [L, 1, ...] that broadcasts one scale over each layer's slice."""
   leaves, treedef = jax.tree.flatten(params)
   if layer_id_fn is None or layer_decay >= 1.0:
     return jax.tree.unflatten(treedef, [1.0] * len(leaves))
   scales = []
-  for path in flat_paths(params):
-    lid = int(layer_id_fn(path, depth))
-    if not 0 <= lid <= depth + 1:
+  for path, leaf in zip(flat_paths(params), leaves):
+    lid = _layer_ids(path, leaf, layer_id_fn, depth)
+    if not (0 <= np.min(lid) and np.max(lid) <= depth + 1):
       raise ValueError(f"layer_id({path_str(path)!r}) = {lid} outside [0, {depth + 1}]")
-    scales.append(float(layer_decay ** (depth + 1 - lid)))
+    if isinstance(lid, int):
+      scales.append(float(layer_decay ** (depth + 1 - lid)))
+    else:
+      scale = np.power(float(layer_decay), depth + 1 - lid).astype(np.float32)
+      scales.append(scale.reshape((-1,) + (1,) * (len(np.shape(leaf)) - 1)))
   return jax.tree.unflatten(treedef, scales)
 
 
@@ -146,7 +169,7 @@ def make_optimizer(optim_cfg, params, *, global_batch: int, total_steps: int, wa
   chain.append(optax.scale_by_adam(b1=b1, b2=b2, eps=optim_cfg.get("eps", 1e-8)))
   wd = optim_cfg.get("weight_decay", 0.05)
   if wd:
-    chain.append(optax.add_decayed_weights(wd, mask=decay_mask(params)))
+    chain.append(optax.add_decayed_weights(wd, mask=decay_mask(params, layer_id_fn, depth)))
   chain.append(optax.scale_by_learning_rate(schedule))
   chain.append(scale_by_tree(layer_scales(params, layer_id_fn, depth,
                                           optim_cfg.get("layer_decay", 1.0))))
