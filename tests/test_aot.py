@@ -89,7 +89,7 @@ def test_flops_of_the_train_step_scale_with_accumulated_micro_batches():
   for accum in (1, 2):
     config = load_config("cast_k400", "tiny")
     config.train.accum_steps = accum
-    config = aot._prepare(config, per_device_batch=1, num_devices=8)
+    config = aot._prepare(config, per_device_batch=1, num_devices=8, platform="cpu")
     setup = trainer.build_setup(config)
     args = [aot._with_shardings(a, s) for a, s in (
         (setup.abstract_state, setup.state_shardings), (setup.abstract_frozen, setup.frozen_shardings),

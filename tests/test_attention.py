@@ -87,6 +87,7 @@ def test_model_modules_use_the_resolved_kernel():
   assert kernels == {"xla"}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
 @pytest.mark.parametrize("q_len,k_len,head_dim", [(1568, 1568, 64), (197, 197, 64), (8, 8, 32),
                                                   (196, 196, 32), (1212, 1568, 32)])
@@ -102,6 +103,7 @@ def test_cudnn_matches_xla_on_the_models_shapes(q_len, k_len, head_dim):
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=5e-2)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a CUDA GPU")
 @pytest.mark.parametrize("name", ["cast", "ca2st"])
 def test_cudnn_model_matches_xla_model(name):

@@ -273,9 +273,13 @@ def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
           "xla_flops": (cost or {}).get("flops")}
 
 
-def _prepare(config, per_device_batch: int, num_devices: int):
-  """The config with the global batch this check needs (the trainer's rules otherwise)."""
+def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
+  """The config with the global batch this check needs (the trainer's rules otherwise) and the
+  attention kernel that config.model.attention gives on the target, not on this CPU."""
+  from ca2st_jax.models import fused, layers  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+  config.model.attention = layers.resolve_attention(
+      config.model.attention, fused.dtype_of(config.model), platform)
   accum = int(config.train.get("accum_steps", 1))
   config.train.batch_size = per_device_batch * num_devices * accum
   if config.train.get("total_steps", None) is None:  # the schedule's length changes nothing compiled
@@ -291,7 +295,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
   devices = topology_devices(topology)
   n = len(devices)
-  config = _prepare(config, per_device_batch, n)
+  config = _prepare(config, per_device_batch, n, "gpu" if topology.family is None else "tpu")
   setup = trainer.build_setup(config, devices=devices)
   micro_batch = per_device_batch * n
   batch_sh = mesh_lib.batch_sharding(setup.mesh)
@@ -304,6 +308,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   result = {
       "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
       "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
+      "attention": config.model.attention,
       "per_device_batch": per_device_batch, "global_batch": setup.global_batch,
       "accum_steps": int(config.train.get("accum_steps", 1)),
       "hbm_bytes_per_device": train.pop("hbm_seen_by_compiler", topology.hbm_bytes),
@@ -376,7 +381,7 @@ def print_report(r: dict):
   g = lambda b: "-" if b is None else f"{b / GIB:.3f} GiB"
   print(f"{r['config']} on {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}),"
         f" mesh {r['mesh']}, per-device batch {r['per_device_batch']} (global {r['global_batch']},"
-        f" accum_steps {r['accum_steps']})")
+        f" accum_steps {r['accum_steps']}), attention {r['attention']}")
   print(f"train step, per device: arguments {g(r['argument_bytes_per_device'])}, outputs "
         f"{g(r['output_bytes_per_device'])} (donated {g(r['alias_bytes_per_device'])}), temporaries "
         f"{g(r['temp_bytes_per_device'])}, code {g(r['code_bytes_per_device'])}")
