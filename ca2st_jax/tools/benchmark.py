@@ -183,13 +183,20 @@ def _operand_types(rest: str, types: dict) -> list[str]:
   return [types.get(n, '') for n in names]
 
 
+def _is_batched_dot(op: str, rest: str) -> bool:
+  """A dot with batch dimensions: an HLO dot, or a GPU gemm custom-call (cuBLAS / cuBLASLt)."""
+  if op == 'dot':
+    return bool(re.search(r'lhs_batch_dims=\{[0-9,]+\}', rest))
+  return op == 'custom-call' and bool(re.search(r'"lhs_batch_dimensions":\["\d', rest))
+
+
 def _score_sizes(parsed, types) -> set:
   """Element counts of attention's N x N tensors: the largest array of each batched dot (q.k^T
   makes one, p.v reads one, and their gradients do the same), as long as tokens > head size."""
   sizes = set()
   for comp, instructions in parsed.items():
     for _, result_type, op, rest in instructions:
-      if op == 'dot' and re.search(r'lhs_batch_dims=\{[0-9,]+\}', rest):
+      if _is_batched_dot(op, rest):
         sizes.add(max(_elements(t) for t in [result_type, *_operand_types(rest, types[comp])]))
   return sizes
 
@@ -204,7 +211,7 @@ def _op_kind(op, result_type, rest, operand_types, parsed, score_sizes) -> str:
     target = (target.group(1) if target else '').lower()
     if any(k in target for k in ('fmha', 'flash', 'attention', 'mha')):
       return 'fused attention kernel'
-    if not any(k in target for k in ('gemm', 'matmul', 'dot', 'conv')):
+    if not any(k in target for k in ('gemm', 'matmul', 'dot', 'conv', 'cublas')):
       return f'custom-call {target}'
     ops.add('dot')
   largest = max((_elements(t) for t in [result_type, *operand_types]), default=0)
@@ -516,8 +523,8 @@ def format_table(rows: list[dict]) -> str:
       cells = (row['config'], row['backend'], row['dtype'], row['batch'], step,
                fmt(r['step_ms'], '.1f'), fmt(r['clips_per_s'], '.2f'),
                fmt(ratio / r['clips_per_s'] if ratio else None, '.2f'),
-               fmt(r.get('compile_s'), '.1f'), fmt(r['model_tflops_per_clip'], '.3f'),
-               fmt(r['tflops_per_s'], '.2f'), fmt(mfu, '.1f'), _gib(temp),
+               fmt(r.get('compile_s'), '.1f'), fmt(r['model_tflops_per_clip'], '.4g'),
+               fmt(r['tflops_per_s'], '.4g'), fmt(mfu, '.1f'), _gib(temp),
                _gib(row.get('peak_bytes')), fmt(xla_gb, '.2f'))
       lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   if errors:
