@@ -37,12 +37,14 @@ TINY=${BENCH_TINY:-0}
 if [ "$TINY" = 1 ]; then
   VARIANT=:tiny; BATCH_CAST=2; BATCH_CA2ST=2; STEPS=(--steps=1 --warmup=1)
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=
+  JAX_BENCH_PLATFORMS=cpu
   BUDGET=${BENCH_BUDGET_S:-2400}
   SCALE=6  # this 2-core CPU compiles even the tiny steps slowly
 else
   VARIANT=; BATCH_CAST=${BENCH_BATCH_CAST:-16}; BATCH_CA2ST=${BENCH_BATCH_CA2ST:-8}
   STEPS=(--steps=10 --warmup=3)
   SCALE=1
+  JAX_BENCH_PLATFORMS=cuda  # fail at once rather than fall back to the CPU
 fi
 # JAX allocates as it goes (not 75% up front), so a PyTorch run in the same process could fit.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -81,13 +83,14 @@ bench() {  # bench LIMIT_S CONFIG BATCH ARGS...: one tools.benchmark run, its JS
 
 bench_config() {  # bench_config CONFIG BATCH JAX_LIMIT_S TORCH_LIMIT_S
   local config=$1 batch=$2 rc=0
-  bench "$3" "$config" "$batch" --backend=jax --bytes_by_op || rc=$?
+  JAX_PLATFORMS=$JAX_BENCH_PLATFORMS bench "$3" "$config" "$batch" --backend=jax --bytes_by_op ||
+    rc=$?
   # A failed step (out of memory: exit 1) is retried at half the batch; a timeout is not.
   if ((rc != 0 && rc != 124 && rc != 137)); then
     batch=$((batch / 2))
     if ((batch >= 1)); then
       echo "== $config: JAX failed; again at batch $batch"
-      bench "$3" "$config" "$batch" --backend=jax --bytes_by_op
+      JAX_PLATFORMS=$JAX_BENCH_PLATFORMS bench "$3" "$config" "$batch" --backend=jax --bytes_by_op
     fi
   fi
   # JAX on the CPU here: it only counts the model's FLOPs; PyTorch has the GPU to itself.
