@@ -34,7 +34,13 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 def data_config(**overrides) -> ml_collections.ConfigDict:
   """Every config.data field (defaults in ca2st_jax.data.pipeline.default_config), so each one
   can be set from the command line, with this benchmark's values."""
-  from ca2st_jax.data import pipeline  # Imported here: the model-only tools need no data stack.
+  try:
+    from ca2st_jax.data import pipeline  # Imported here: the model-only tools need no data stack.
+  except ImportError:
+    # The model-only tools (tools.benchmark, tools.summary) also run where the data stack (Grain,
+    # TFDS, PyAV) is not installed, e.g. a bare GPU machine: there config.data holds only the
+    # config's own fields, unchecked; a training run would stop at its first data import.
+    return ml_collections.ConfigDict(overrides)
   fields = pipeline.default_config()
   unknown = set(overrides) - set(fields)
   if unknown:

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
+# 'eager': the reference's softmax(q k^T) v; 'sdpa': F.scaled_dot_product_attention (fused
+# kernels), the modern PyTorch baseline of tools.benchmark --torch_attention=sdpa.
+ATTENTION = 'eager'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,11 +185,14 @@ def _attend(q, k, v, heads):
   *lead, nq, d = q.shape
   nk = k.shape[-2]
   hd = d // heads
-  q = q.reshape(*lead, nq, heads, hd).transpose(-2, -3) * hd ** -0.5
+  q = q.reshape(*lead, nq, heads, hd).transpose(-2, -3)
   k = k.reshape(*lead, nk, heads, hd).transpose(-2, -3)
   v = v.reshape(*lead, nk, heads, hd).transpose(-2, -3)
-  attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
-  return (attn @ v).transpose(-2, -3).reshape(*lead, nq, d)
+  if ATTENTION == 'sdpa':
+    out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5 by default
+  else:
+    out = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+  return out.transpose(-2, -3).reshape(*lead, nq, d)
 
 
 class VideoMAEAttention(nn.Module):

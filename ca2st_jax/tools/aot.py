@@ -31,7 +31,6 @@ import os
 import re
 import sys
 import time
-import types
 
 # libtpu reads these when it loads: no TPU metadata server to ask for the host's accelerator, and
 # several processes (pytest -n 2) may load it at once (else the second fails on /tmp/libtpu_lockfile).
@@ -170,33 +169,11 @@ def topology_devices(topology: Topology):
 # --------------------------------------------------------------------------------------------------
 # FLOPs of a traced program
 # --------------------------------------------------------------------------------------------------
-def _subjaxprs(value):
-  for item in value if isinstance(value, (tuple, list)) else (value,):
-    if isinstance(item, jax.extend.core.ClosedJaxpr):
-      yield item.jaxpr
-    elif isinstance(item, jax.extend.core.Jaxpr):
-      yield item
-
-
 def count_flops(jaxpr) -> int:
-  """2 x the MACs of every dot_general and convolution, loops unrolled by their trip count."""
+  """2 x the MACs of every matrix product and convolution of the traced step (`summary.count_macs`:
+  a scan's body `length` times, a cond's costliest branch)."""
   from ca2st_jax.tools import summary  # pylint: disable=g-import-not-at-top
-  flops = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name in ("dot_general", "conv_general_dilated"):
-      flops += 2 * summary.count_macs(types.SimpleNamespace(eqns=[eqn]))  # this product alone
-    elif name == "cond":
-      flops += max(count_flops(b.jaxpr) for b in eqn.params["branches"])
-    elif name == "while":
-      # A while loop's trip count is a runtime value: the jaxprs of this code use scan instead.
-      raise ValueError("count_flops: a while loop in the step; its trip count is unknown")
-    else:
-      times = int(eqn.params["length"]) if name == "scan" else 1
-      for value in eqn.params.values():
-        for sub in _subjaxprs(value):
-          flops += times * count_flops(sub)
-  return flops
+  return 2 * summary.count_macs(jaxpr)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 
 Counts come from the abstract model (`nnx.eval_shape`); arrays shared under two names
 (CA²ST's shared projections) count once. GMACs per view are the multiply-accumulates of the
-matrix products and convolutions in the traced forward of one view on abstract inputs.
+matrix products and convolutions in the traced forward of one view on abstract inputs; TFLOP per
+clip are 2 x MACs of the forward and of a train step's forward + backward over the trainable set
+(no weight gradients for the frozen experts: about 2.3 x the forward for CAST).
 """
 import json
 import math
@@ -63,7 +65,8 @@ def _subjaxprs(eqn):
 
 
 def count_macs(jaxpr) -> int:
-  """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included."""
+  """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included
+  (a scan's body counted once per iteration, a cond's costliest branch)."""
   macs = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
@@ -78,27 +81,63 @@ def count_macs(jaxpr) -> int:
       spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, *spatial)
       per_output = math.prod(kernel[d] for d in spec[2:]) * kernel[spec[1]]
       macs += math.prod(out) * per_output
-    repeats = eqn.params['length'] if name == 'scan' else 1  # a scanned layer runs `length` times
-    for sub in _subjaxprs(eqn):
-      macs += repeats * count_macs(sub)
+    sub = [count_macs(j) for j in _subjaxprs(eqn)]
+    if name == 'cond':
+      macs += max(sub, default=0)
+    elif name == 'scan':
+      macs += eqn.params['length'] * sum(sub)
+    else:
+      macs += sum(sub)
   return macs
 
 
+def counting_config(cfg):
+  """The model config whose traced jaxpr shows every matmul once: no recomputation (remat), and
+  attention as explicit matmuls (a fused kernel is one opaque call with the same FLOPs)."""
+  cfg = cfg.copy_and_resolve_references()
+  cfg.remat = 'none'
+  cfg.attention = 'xla'
+  return cfg
+
+
 def forward_macs(cfg, model) -> int:
+  """MACs of one view's eval forward."""
   graphdef, state = nnx.split(model)
   forward = lambda state, inputs: nnx.merge(graphdef, state)(**inputs, deterministic=True)
   return count_macs(jax.make_jaxpr(forward)(state, abstract_inputs(cfg)).jaxpr)
 
 
+def train_macs(cfg, model) -> int:
+  """MACs of one view's forward + backward over the trainable set (models.TRAINABLE).
+
+  Autodiff keeps exactly the backward matmuls a train step needs: weight gradients of the trainable
+  parameters only, and activation gradients only where some trainable parameter lies upstream (the
+  frozen stems and the patch embedding get none). The loss and optimiser add no matmuls.
+  """
+  graphdef, trainable, rest = nnx.split(model, models.TRAINABLE, ...)
+
+  def loss(trainable, rest, inputs):
+    logits = nnx.merge(graphdef, trainable, rest)(**inputs, deterministic=True)
+    return sum(jnp.sum(x.astype(jnp.float32)) for x in logits.values())
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(trainable, rest, abstract_inputs(cfg)).jaxpr
+  return count_macs(jaxpr)
+
+
 def summarize(cfg) -> dict:
+  cfg = counting_config(cfg)
   model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
   counts = parameter_counts(model)
+  forward = forward_macs(cfg, model)
+  train = train_macs(cfg, model)
   return {
       'model': cfg.name,
       'total_params': counts['total'],
       'trainable_params': counts['trainable'],
       'parts': counts['parts'],
-      'gmacs_per_view': forward_macs(cfg, model) / 1e9,
+      'gmacs_per_view': forward / 1e9,
+      'tflops_per_clip': 2 * forward / 1e12,
+      'train_tflops_per_clip': 2 * train / 1e12,
   }
 
 
@@ -109,6 +148,8 @@ def report(model_config, as_json: bool):
     return
   print(f"{summary['model']}: {summary['total_params']:,} parameters, "
         f"{summary['trainable_params']:,} trainable, {summary['gmacs_per_view']:.4g} GMACs per view")
+  print(f"TFLOP per clip: forward {summary['tflops_per_clip']:.4g}, train step (forward + backward "
+        f"over the trainable set) {summary['train_tflops_per_clip']:.4g}")
   print(f"{'part':<16}{'total':>16}{'trainable':>16}")
   for part, counts in sorted(summary['parts'].items()):
     print(f"{part:<16}{counts['total']:>16,}{counts['trainable']:>16,}")
