@@ -101,6 +101,12 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   which = tcfg.get("trainable", "reference")
   if which not in ("reference", "all"):
     raise ValueError(f"config.train.trainable={which!r}: expected 'reference' or 'all'")
+  if (which == "all" and config.model.dtype != "float32"
+      and config.model.store_frozen_in_compute_dtype):
+    raise ValueError(
+        "config.train.trainable='all' trains the experts too, but "
+        "config.model.store_frozen_in_compute_dtype=True stores them in "
+        f"{config.model.dtype}: set it False (weights that learn stay float32)")
   trainable = model_lib.TRAINABLE if which == "reference" else nnx.Param
   abs_model = nnx.eval_shape(make_model)
   graphdef, abs_params, abs_frozen, abs_rest = nnx.split(abs_model, trainable, nnx.Param, ...)
