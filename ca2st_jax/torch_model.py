@@ -665,10 +665,10 @@ class _Model(nn.Module):
     times = audio_times.reshape(audio_times.shape[0], -1, 2).float()
     start, end = times[:, 0, 0:1], times[:, 0, 1:2]
     num_segments = spec.num_frames // 2
-    lin = torch.linspace(0, 1, steps=num_segments + 1)
+    lin = torch.linspace(0, 1, steps=num_segments + 1, device=times.device)
     seg = torch.stack([start + (end - start) * lin[:-1], start + (end - start) * lin[1:]], dim=-1)
     repeats = t_dim // num_segments + 1
-    seg = seg[:, torch.arange(num_segments).repeat_interleave(repeats)[:t_dim]]   # [B, t_dim, 2]
+    seg = seg[:, torch.arange(num_segments, device=times.device).repeat_interleave(repeats)[:t_dim]]
     audio_mlp = self.audio_time_mlp if spec.split_time_mlp else self.time_mlp
     e_audio = audio_mlp(seg)                                                    # [B, t_dim, d]
     # QUIRK: encodings are laid out time-major (k * f_dim + f) but added to f-major AST tokens.

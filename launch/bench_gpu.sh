@@ -10,7 +10,7 @@
 # ca2st_vggsound in bf16: JAX (the trainer's train and eval steps) and the PyTorch model with the
 # reference's eager attention and with fused SDPA, at equal batch (halved once if JAX fails, e.g.
 # out of memory). Every step runs under `timeout` and the script goes on after a failure; steps
-# that would overrun the budget (BENCH_BUDGET_S, 340 s: the whole script in under 6 minutes) are
+# that would overrun the budget (BENCH_BUDGET_S, 400 s: the whole script in under 7 minutes) are
 # skipped. Writes OUT_DIR/log.txt (everything), OUT_DIR/bench.jsonl (one JSON object per run) and
 # OUT_DIR/bench.md (the table, compile times, memory and bytes per op kind).
 #
@@ -31,7 +31,7 @@ JSONL=$OUT/bench.jsonl
 exec > >(tee -a "$LOG") 2>&1
 PY=${PYTHON:-python3}
 START=$SECONDS
-BUDGET=${BENCH_BUDGET_S:-340}
+BUDGET=${BENCH_BUDGET_S:-400}
 TINY=${BENCH_TINY:-0}
 
 if [ "$TINY" = 1 ]; then
@@ -132,8 +132,8 @@ EOF
 # tests/conftest.py puts JAX on the CPU unless JAX_PLATFORMS is set.
 mapfile -t GPU_TESTS < <(grep -l 'pytest.mark.gpu' tests/test_*.py)
 if ((${#GPU_TESTS[@]})); then
-  JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu} run $((40 * SCALE)) "GPU tests (pytest -m gpu)" \
-    "$PY" -m pytest -q -p no:xdist -p no:cacheprovider -m gpu "${GPU_TESTS[@]}"
+  JAX_PLATFORMS=${JAX_PLATFORMS:-cuda,cpu} run $((100 * SCALE)) "GPU tests (pytest -m gpu)" \
+    "$PY" -m pytest -q -rfE --tb=short -p no:xdist -p no:cacheprovider -m gpu "${GPU_TESTS[@]}"
 else
   echo "== no test is marked gpu"
 fi

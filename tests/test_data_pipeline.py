@@ -9,7 +9,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ca2st_jax import data
 from ca2st_jax.data import pipeline, synthetic
 
 SPEC = dict(num_train=12, num_test=5, num_frames=16, size=40)
@@ -33,7 +32,7 @@ def make_config(data_dir, **overrides):
 
 
 def test_train_batch_layout(data_dir):
-  src = data.make_source(make_config(data_dir))
+  src = pipeline.make_source(make_config(data_dir))
   assert src.num_train_examples == 12 and src.num_classes() == {'label': 8}
   b = next(src.train_iterator())
   assert b['video'].shape == (4, 8, 32, 32, 3) and b['video'].dtype == np.uint8
@@ -50,12 +49,12 @@ def test_train_batch_layout(data_dir):
 
 
 def test_video_only_config_omits_audio(data_dir):
-  b = next(data.make_source(make_config(data_dir, audio=False)).train_iterator())
+  b = next(pipeline.make_source(make_config(data_dir, audio=False)).train_iterator())
   assert set(b) == {'video', 'label'}
 
 
 def test_eval_views_deterministic_padded_and_indexed(data_dir):
-  src = data.make_source(make_config(data_dir, sampling='tsn'))
+  src = pipeline.make_source(make_config(data_dir, sampling='tsn'))
   runs = [list(src.eval_iterator()) for _ in range(2)]
   assert len(runs[0]) == 8                               # 5 videos x 6 views = 30 -> 32
   for a, b in zip(*runs):
@@ -77,7 +76,7 @@ def test_eval_views_deterministic_padded_and_indexed(data_dir):
 
 
 def test_eval_per_host_shards_partition_the_views(data_dir):
-  src = data.make_source(make_config(data_dir))
+  src = pipeline.make_source(make_config(data_dir))
   opts, (split_src, _) = src.opts, pipeline.open_split(src.dir, 'test')
   hosts = [list(pipeline.eval_dataset(split_src, opts, batch_size=2, num_clips=1, num_crops=1,
                                       host_index=h, host_count=2)) for h in range(2)]
@@ -88,9 +87,9 @@ def test_eval_per_host_shards_partition_the_views(data_dir):
 
 _RUN = textwrap.dedent('''
     import json, sys, numpy as np, ml_collections
-    from ca2st_jax import data
+    from ca2st_jax.data import pipeline
     cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
-    it = data.make_source(cfg).train_iterator()
+    it = pipeline.make_source(cfg).train_iterator()
     if sys.argv[2] == 'save':
       for _ in range(int(sys.argv[3])):
         next(it)
@@ -104,7 +103,7 @@ _RUN = textwrap.dedent('''
 def test_resume_in_new_process_gives_next_batch(data_dir, tmp_path):
   cfg = make_config(data_dir)
   k = 4                                                    # > 1 epoch of 12 / 4 = 3 batches
-  it = data.make_source(cfg).train_iterator()
+  it = pipeline.make_source(cfg).train_iterator()
   expected = [next(it) for _ in range(k + 1)][k]
   env = dict(os.environ, PYTHONPATH=os.getcwd())
   args = [sys.executable, '-c', _RUN, json.dumps(cfg.to_dict())]
@@ -118,14 +117,14 @@ def test_resume_in_new_process_gives_next_batch(data_dir, tmp_path):
 
 
 def test_multiprocess_workers_match_in_process(data_dir):
-  ref = data.make_source(make_config(data_dir)).train_iterator()
-  mp = data.make_source(make_config(data_dir, num_workers=2)).train_iterator()
+  ref = pipeline.make_source(make_config(data_dir)).train_iterator()
+  mp = pipeline.make_source(make_config(data_dir, num_workers=2)).train_iterator()
   for _ in range(3):
     a, b = next(ref), next(mp)
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   state = json.loads(json.dumps(mp.get_state()))          # the multiprocess state resumes too
-  resumed = data.make_source(make_config(data_dir, num_workers=2)).train_iterator()
+  resumed = pipeline.make_source(make_config(data_dir, num_workers=2)).train_iterator()
   resumed.set_state(state)
   a, b = next(ref), next(resumed)
   for key in a:
@@ -133,9 +132,9 @@ def test_multiprocess_workers_match_in_process(data_dir):
 
 
 def test_train_randomness_from_seed(data_dir):
-  a = next(data.make_source(make_config(data_dir, seed=1)).train_iterator())
-  b = next(data.make_source(make_config(data_dir, seed=1)).train_iterator())
-  c = next(data.make_source(make_config(data_dir, seed=2)).train_iterator())
+  a = next(pipeline.make_source(make_config(data_dir, seed=1)).train_iterator())
+  b = next(pipeline.make_source(make_config(data_dir, seed=1)).train_iterator())
+  c = next(pipeline.make_source(make_config(data_dir, seed=2)).train_iterator())
   np.testing.assert_array_equal(a['video'], b['video'])
   assert not np.array_equal(a['video'], c['video'])
 
@@ -173,7 +172,7 @@ def test_ek100_verb_noun_batches_with_tsn(tmp_path):
   b = tb._build(builders.Ek100, raw, tmp_path)
   cfg = make_config('', dataset_dir=str(b.data_dir), sampling='tsn', audio=False,
                     eval_split='validation', batch_size=3, eval_batch_size=3)
-  src = data.make_source(cfg)
+  src = pipeline.make_source(cfg)
   batch = next(src.train_iterator())
   assert set(batch) == {'video', 'verb', 'noun'} and batch['video'].shape == (3, 8, 32, 32, 3)
   assert sorted(batch['noun'] - batch['verb']) == [10, 10, 10]
@@ -185,7 +184,7 @@ def test_ek100_verb_noun_batches_with_tsn(tmp_path):
 def test_train_hosts_read_disjoint_examples(data_dir):
   cfg = make_config(data_dir, randaugment='', spec_augment=False)
   cfg.model.spectrogram_length = 256                       # > the clip: padded, no random crop
-  src = data.make_source(cfg)
+  src = pipeline.make_source(cfg)
   opts, (split_src, _) = src.opts, pipeline.open_split(src.dir, 'train')
   seen = []
   for host in range(2):

@@ -2,8 +2,9 @@
 (sampling), video transforms (transforms), Grain pipelines (pipeline), synthetic set (synthetic).
 
 Data flows one way: raw files → builders → ArrayRecord → pipeline (decode, sample, augment) →
-per-host numpy batches; the train/eval step normalises video on device with `normalize_video`.
-"""
+per-host numpy batches; the train/eval step normalises video on device with
+`transforms.normalize_video`.
 
-from ca2st_jax.data.pipeline import ClipOptions, Source, make_source
-from ca2st_jax.data.transforms import normalize_video
+Nothing is imported here: the model, the train step and the benchmark use `transforms` without
+the data stack (Grain, TFDS, PyAV), which a GPU benchmark machine may not have.
+"""

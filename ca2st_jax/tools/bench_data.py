@@ -80,8 +80,8 @@ def profile(source, n=8):
 
 
 def run(config, batches, workers):
-  from ca2st_jax import data  # pylint: disable=g-import-not-at-top
-  source = data.make_source(config)
+  from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  source = pipeline.make_source(config)
   bs = source.batch_size
   it = source.train_iterator()
   next(it)
@@ -97,7 +97,7 @@ def run(config, batches, workers):
          'video_shape': list(b['video'].shape[1:])}
   if workers > 0:
     config.data.num_workers = workers
-    mp_source = data.make_source(config)
+    mp_source = pipeline.make_source(config)
     it = mp_source.train_iterator()
     for _ in range(workers):
       next(it)

@@ -135,15 +135,15 @@ class InMemorySource:
 
 
 def source_from_config(config):
-  """The data pipeline for config.data (ca2st_jax.data.make_source).
+  """The data pipeline for config.data (ca2st_jax.data.pipeline.make_source).
 
   With several processes, process 0 opens it first (opening may build the synthetic set), the
   others once it has.
   """
-  from ca2st_jax import data  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
-    return data.make_source(config)
+    return pipeline.make_source(config)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  source = data.make_source(config) if jax.process_index() == 0 else None
+  source = pipeline.make_source(config) if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("data source opened by process 0")
-  return source or data.make_source(config)
+  return source or pipeline.make_source(config)
