@@ -90,7 +90,9 @@ class Mlp(nnx.Module):
 
 ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash')
 # The TPU flash kernel works on blocks of 128 positions; shorter key sequences (CAST's 8-slot
-# windows) would be mostly padding, so they stay on XLA's path.
+# windows) would be mostly padding, so they stay on XLA's path. cuDNN's kernels refuse odd
+# sequence lengths in training (jax 0.11.2 on an H200: 'Unsupported sequence length Q 197, KV
+# 197'), so CLIP's 197 tokens stay on XLA's path too.
 TPU_FLASH_BLOCK = 128
 
 
@@ -156,7 +158,7 @@ def attention(q, k, v, implementation: str):
   kernel `resolve_attention` chose. Logits and softmax are float32 in every kernel."""
   if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
     return _tpu_flash_attention(q, k, v)
-  if implementation == 'cudnn':
+  if implementation == 'cudnn' and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0:
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
   return jax.nn.dot_product_attention(q, k, v, implementation='xla')
 
