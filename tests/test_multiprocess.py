@@ -6,7 +6,7 @@ config in this 1-process, 8-device pytest process.
 One module fixture runs every launch once (they are slow on a 2-core machine), each bounded by
 a timeout that kills the whole process group; the tests then check what the runs left behind:
   B  2 processes, uninterrupted                         == A (1 process, in here)
-  C  2 processes, SIGTERM to process 1 only             → both save the same step, exit 0
+  C  2 processes, SIGTERM to process 1 only (after step 4) → both save the same step, exit 0
   C2 C's workdir resumed by 2 processes                 == B bit for bit
   C1 a copy of C's checkpoint resumed by 1 process      == A
   A' 1 process stopped by SIGTERM at step 3, resumed by 2 processes == A
@@ -14,6 +14,7 @@ a timeout that kills the whole process group; the tests then check what the runs
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,9 +75,9 @@ def _launch(cfg_path, workdir, *flags, cache_dir, on_line=None):
   def read():
     for line in p.stdout:
       lines.append(line)
-      if line.startswith("local.sh: process "):
-        _, _, i, _, pid = line.split()
-        pids[int(i)] = int(pid)
+      started = re.match(r"local\.sh: process (\d+) pid (\d+)$", line.strip())
+      if started:
+        pids[int(started.group(1))] = int(started.group(2))
       if on_line is not None:
         on_line(line, pids)
 
@@ -143,16 +144,20 @@ def runs(tmp_path_factory):
   wd_c = str(tmp / "C")
   sent = {}
 
+  # After the step-3 checkpoint: Orbax's save collectives are compiled on both processes by then
+  # (first-time compiles skew the processes; gloo gives a new collective group 30 s to form).
   def preempt_process_1(line, pids):
-    if line.startswith("[1] [train] step 1/") and not sent:
+    if line.startswith("[1] [train] step 4/") and not sent:
       os.kill(pids[1], signal.SIGTERM)
       sent["at"] = 1
 
   r["C_rc"], r["C_out"], _ = _launch(cfg_path, wd_c, cache_dir=cache, on_line=preempt_process_1)
   r["C_sent"] = bool(sent)
+  assert r["C_rc"] == 0, _out(r["C_out"])
   wd_c1 = str(tmp / "C1")
   shutil.copytree(wd_c, wd_c1)
   r["C2_rc"], r["C2_out"], _ = _launch(cfg_path, wd_c, cache_dir=cache)
+  assert r["C2_rc"] == 0, _out(r["C2_out"])
   r["C2_params"] = _final_params(cfg, wd_c)
   r["C1"] = trainer.train_and_evaluate(cfg, wd_c1, "train_and_eval")
   r["C1_params"] = _final_params(cfg, wd_c1)
@@ -165,6 +170,7 @@ def runs(tmp_path_factory):
 
   r["A2_first"] = trainer.train_and_evaluate(cfg, wd_a2, "train_and_eval", step_hook=sigterm_at_3)
   r["A2_rc"], r["A2_out"], _ = _launch(cfg_path, wd_a2, cache_dir=cache)
+  assert r["A2_rc"] == 0, _out(r["A2_out"])
   r["A2_params"] = _final_params(cfg, wd_a2)
 
   r["E2_rc"], r["E2_out"], _ = _launch(cfg_path, wd_a, "--mode=eval", cache_dir=cache)

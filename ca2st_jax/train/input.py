@@ -134,6 +134,9 @@ class InMemorySource:
       yield self._host_slice(batch, bs)
 
 
+DATA_SOURCE_TIMEOUT_S = 3 * 3600  # how long the other processes wait for process 0 to open it
+
+
 def source_from_config(config):
   """The data pipeline for config.data (ca2st_jax.data.pipeline.make_source).
 
@@ -143,7 +146,10 @@ def source_from_config(config):
   from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return pipeline.make_source(config)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  # The coordination service's barrier, not a device collective: those give up after 30 s, and
+  # building the synthetic set takes minutes.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
   source = pipeline.make_source(config) if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices("data source opened by process 0")
+  distributed.global_state.client.wait_at_barrier("ca2st_data_source_opened",
+                                                  timeout_in_ms=DATA_SOURCE_TIMEOUT_S * 1000)
   return source or pipeline.make_source(config)
