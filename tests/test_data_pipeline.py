@@ -195,3 +195,35 @@ def test_train_hosts_read_disjoint_examples(data_dir):
     # uncropped, unaugmented audio is a deterministic identity of the example
     seen += [a.tobytes() for b in batches for a in b['audio']]
   assert len(set(seen)) == 12
+
+
+def test_num_workers_auto_is_one_per_core_in_the_paper_configs(monkeypatch):
+  from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
+  for name in ('cast_k400', 'cast_ek100', 'ca2st_vggsound', 'cava_epic_sounds'):
+    assert load_config(name).data.num_workers == pipeline.AUTO_WORKERS, name   # was 0
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(16)))
+  assert pipeline.resolve_num_workers(-1) == 15
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(200)))
+  assert pipeline.resolve_num_workers(-1) == pipeline.MAX_AUTO_WORKERS
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: {0})
+  assert pipeline.resolve_num_workers(-1) == 1
+  assert pipeline.resolve_num_workers(0) == 0 and pipeline.resolve_num_workers(3) == 3
+  with pytest.raises(ValueError, match='config.data.num_workers=-2'):
+    pipeline.resolve_num_workers(-2)
+
+
+def test_bench_data_uses_the_synthetic_stand_in_when_unprepared(tmp_path):
+  from ca2st_jax.tools import bench_data  # pylint: disable=import-outside-toplevel
+  from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
+  config = load_config('cast_k400')
+  config.data.data_dir = str(tmp_path)
+  looked = bench_data.use_synthetic_if_unprepared(config)
+  assert looked and looked.startswith(str(tmp_path)) and 'kinetics400' in looked
+  assert config.data.name == 'synthetic_av'
+  assert config.data.synthetic.to_dict() == bench_data.BENCH_SYNTHETIC
+  assert not config.data.audio and config.data.test_num_clips == 5   # the recipe is kept
+  assert config.data.eval_split == 'test'
+  explicit = load_config('cast_k400')
+  explicit.data.dataset_dir = str(tmp_path / 'typo')
+  assert bench_data.use_synthetic_if_unprepared(explicit) is None
+  assert explicit.data.name == 'kinetics400'
