@@ -84,6 +84,7 @@ def profile(source, n=8):
 
 def run(config, batches, workers):
   from ca2st_jax import data  # pylint: disable=g-import-not-at-top
+  config.data.num_workers = 0   # first in this process: the per-worker (per-core) rate
   source = data.make_source(config)
   bs = source.batch_size
   it = source.train_iterator()
