@@ -1,8 +1,10 @@
 """Video and audio decoding with PyAV (build time), JPEG frames (read time), and a small writer.
 
 Build time: `read_video` decodes every frame (optionally resampled to a lower fps) resized so its
-short side is `short_side`, and returns JPEG bytes; `read_audio` decodes the audio track to mono
-16-bit PCM at a chosen rate (libswresample), or an empty array when the file has no audio.
+short side is `short_side`, and returns JPEG bytes at a constant rate (a variable frame rate is
+resampled by timestamp); `read_audio` decodes the audio track to mono 16-bit PCM at a chosen rate
+(libswresample), or an empty array when the file has no audio. Both decode packet by packet and
+skip a damaged packet; `iter_frames` yields each frame with its presentation time.
 Read time: `decode_jpegs` turns the stored JPEGs of the sampled frames back into PIL images.
 `write_video` writes mp4/webm/avi files with an audio track (fixtures and the synthetic set).
 """
