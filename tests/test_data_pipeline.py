@@ -213,17 +213,29 @@ def test_num_workers_auto_is_one_per_core_in_the_paper_configs(monkeypatch):
 
 
 def test_bench_data_uses_the_synthetic_stand_in_when_unprepared(tmp_path):
-  from ca2st_jax.tools import bench_data  # pylint: disable=import-outside-toplevel
-  from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
-  config = load_config('cast_k400')
-  config.data.data_dir = str(tmp_path)
-  looked = bench_data.use_synthetic_if_unprepared(config)
-  assert looked and looked.startswith(str(tmp_path)) and 'kinetics400' in looked
-  assert config.data.name == 'synthetic_av'
-  assert config.data.synthetic.to_dict() == bench_data.BENCH_SYNTHETIC
-  assert not config.data.audio and config.data.test_num_clips == 5   # the recipe is kept
-  assert config.data.eval_split == 'test'
-  explicit = load_config('cast_k400')
-  explicit.data.dataset_dir = str(tmp_path / 'typo')
-  assert bench_data.use_synthetic_if_unprepared(explicit) is None
-  assert explicit.data.name == 'kinetics400'
+  # In a fresh process: bench_data defines absl flags (`config`) that other tools define too.
+  script = textwrap.dedent(f"""
+      import json, sys
+      sys.path.insert(0, 'tests')
+      from ca2st_jax.tools import bench_data
+      from tests_helpers import load_config
+      config = load_config('cast_k400')
+      config.data.data_dir = {str(tmp_path)!r}
+      looked = bench_data.use_synthetic_if_unprepared(config)
+      explicit = load_config('cast_k400')
+      explicit.data.dataset_dir = {str(tmp_path / 'typo')!r}
+      print(json.dumps(dict(looked=looked, data=config.data.to_dict(),
+                            explicit=bench_data.use_synthetic_if_unprepared(explicit),
+                            explicit_name=explicit.data.name,
+                            bench=bench_data.BENCH_SYNTHETIC)))
+      """)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True,
+                     timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out['looked'].startswith(str(tmp_path)) and 'kinetics400' in out['looked']
+  d = out['data']
+  assert d['name'] == 'synthetic_av' and d['synthetic'] == out['bench']
+  assert not d['audio'] and d['test_num_clips'] == 5 and d['eval_split'] == 'test'  # the recipe
+  assert out['explicit'] is None and out['explicit_name'] == 'kinetics400'
