@@ -33,7 +33,8 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
   """Every config.data field (defaults in ca2st_jax.data.pipeline.default_config), so each one
-  can be set from the command line, with this benchmark's values."""
+  can be set from the command line, with this benchmark's values. Grain workers: one per core
+  of the host (num_workers=-1, resolved by ca2st_jax.data.pipeline.resolve_num_workers)."""
   try:
     from ca2st_jax.data import pipeline  # Imported here: the model-only tools need no data stack.
   except ImportError:
@@ -45,7 +46,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   unknown = set(overrides) - set(fields)
   if unknown:
     raise ValueError(f'unknown config.data fields {sorted(unknown)}')
-  return ml_collections.ConfigDict({**fields, **overrides})
+  return ml_collections.ConfigDict({**fields, 'num_workers': pipeline.AUTO_WORKERS, **overrides})
 
 
 def audio_visual_recipe(config, variant: str, *, with_map: bool = False):

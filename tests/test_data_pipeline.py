@@ -194,3 +194,47 @@ def test_train_hosts_read_disjoint_examples(data_dir):
     # uncropped, unaugmented audio is a deterministic identity of the example
     seen += [a.tobytes() for b in batches for a in b['audio']]
   assert len(set(seen)) == 12
+
+
+def test_num_workers_auto_is_one_per_core_in_the_paper_configs(monkeypatch):
+  from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
+  for name in ('cast_k400', 'cast_ek100', 'ca2st_vggsound', 'cava_epic_sounds'):
+    assert load_config(name).data.num_workers == pipeline.AUTO_WORKERS, name   # was 0
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(16)))
+  assert pipeline.resolve_num_workers(-1) == 15
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(200)))
+  assert pipeline.resolve_num_workers(-1) == pipeline.MAX_AUTO_WORKERS
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: {0})
+  assert pipeline.resolve_num_workers(-1) == 1
+  assert pipeline.resolve_num_workers(0) == 0 and pipeline.resolve_num_workers(3) == 3
+  with pytest.raises(ValueError, match='config.data.num_workers=-2'):
+    pipeline.resolve_num_workers(-2)
+
+
+def test_bench_data_uses_the_synthetic_stand_in_when_unprepared(tmp_path):
+  # In a fresh process: bench_data defines absl flags (`config`) that other tools define too.
+  script = textwrap.dedent(f"""
+      import json, sys
+      sys.path.insert(0, 'tests')
+      from ca2st_jax.tools import bench_data
+      from tests_helpers import load_config
+      config = load_config('cast_k400')
+      config.data.data_dir = {str(tmp_path)!r}
+      looked = bench_data.use_synthetic_if_unprepared(config)
+      explicit = load_config('cast_k400')
+      explicit.data.dataset_dir = {str(tmp_path / 'typo')!r}
+      print(json.dumps(dict(looked=looked, data=config.data.to_dict(),
+                            explicit=bench_data.use_synthetic_if_unprepared(explicit),
+                            explicit_name=explicit.data.name,
+                            bench=bench_data.BENCH_SYNTHETIC)))
+      """)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, '-c', script], cwd=repo, capture_output=True, text=True,
+                     timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out['looked'].startswith(str(tmp_path)) and 'kinetics400' in out['looked']
+  d = out['data']
+  assert d['name'] == 'synthetic_av' and d['synthetic'] == out['bench']
+  assert not d['audio'] and d['test_num_clips'] == 5 and d['eval_split'] == 'test'  # the recipe
+  assert out['explicit'] is None and out['explicit_name'] == 'kinetics400'

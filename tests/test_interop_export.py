@@ -96,3 +96,27 @@ def test_export_from_a_training_workdir(tmp_path):
   assert set(arrays) == set(sd)
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
     export_torch.export(config, str(tmp_path / 'y.pth'), workdir=str(tmp_path / 'empty'))
+
+
+def test_workdir_of_another_config_and_a_missing_output_folder(tmp_path):
+  trainer = pytest.importorskip('ca2st_jax.train.trainer')
+  import jax  # pylint: disable=import-outside-toplevel
+  config = load_config('demo')
+  config.ckpt['async'] = False
+  setup = trainer.build_setup(config)
+  fill = lambda tree, shardings: jax.tree.map(
+      lambda a, sh: jax.device_put(np.full(a.shape, 0.5, a.dtype), sh), tree, shardings)
+  ckpt = trainer.Checkpointer(str(tmp_path), setup, config.ckpt)
+  ckpt.save(3, fill(setup.abstract_state, setup.state_shardings),
+            fill(setup.abstract_frozen, setup.frozen_shardings), {}, {})
+  ckpt.wait()
+  ckpt.close()
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort())
+  other = load_config('cast_k400', 'tiny')
+  other.train.batch_size = 8    # divisible by the 8 test devices
+  with pytest.raises(ValueError, match=r"(?s)step 3 does not hold the model of --config.*"
+                     r"config\.model\.name: workdir has 'ca2st', --config 'cast'"):
+    export_torch.export(other, str(tmp_path / 'x.pth'), workdir=str(tmp_path))   # was KeyError
+  out = tmp_path / 'new' / 'folder' / 'x.pth'                  # was RuntimeError from torch.save
+  export_torch.export(config, str(out), workdir=str(tmp_path), setup=setup)
+  torch_model.build(config.model).load_state_dict(torch.load(out, weights_only=True), strict=True)

@@ -1,6 +1,7 @@
 """Importers: Hugging Face models saved as users get them (features must match), tiny
 checkpoints in each real layout, and clear errors for bad inputs."""
 import argparse
+import zipfile
 from collections import OrderedDict
 
 import ml_collections
@@ -395,3 +396,18 @@ def test_bad_files(tmp_path):
   deeper = {f'visual.transformer.resblocks.{i}.ln_1.weight': torch.ones(WIDTH) for i in range(3)}
   with pytest.raises(torch_io.CheckpointError, match=r'unexpected keys .*blocks\.2\.clip_ln_1\.weight'):
     torch_import.import_expert(model, cfg, 'clip', deeper)
+
+
+def test_crafted_archive_with_a_bad_storage_type(tmp_path):
+  path = tmp_path / 'crafted.pth'
+  torch.save({'w': torch.ones(3)}, path)
+  with zipfile.ZipFile(path) as z:
+    members = {n: z.read(n) for n in z.namelist()}
+  pkl = next(n for n in members if n.endswith('data.pkl'))
+  assert b'FloatStorage' in members[pkl]
+  members[pkl] = members[pkl].replace(b'FloatStorage', b'XloatStorage')  # not a torch class
+  with zipfile.ZipFile(path, 'w') as z:
+    for n, data in members.items():
+      z.writestr(n, data)
+  with pytest.raises(torch_io.CheckpointError, match=r'crafted\.pth: .*unknown storage type'):
+    torch_io.read_tensors(str(path))   # was AttributeError

@@ -90,3 +90,48 @@ def test_map_and_mauc():
 def test_inconsistent_labels_raise():
   with pytest.raises(ValueError, match="differs"):
     metrics.average_views({"label": np.ones((2, 2))}, {"label": np.array([0, 1])}, np.array([0, 0]))
+
+
+def _official_unchunked(verb_probs, noun_probs, verb, noun, top_n, ks):
+  """The scorer over all videos at once (the [N, top_n²] arrays), as a reference."""
+  top_v = np.argsort(-verb_probs, axis=1, kind="stable")[:, :top_n]
+  top_n_ = np.argsort(-noun_probs, axis=1, kind="stable")[:, :top_n]
+  sv, sn = np.take_along_axis(verb_probs, top_v, 1), np.take_along_axis(noun_probs, top_n_, 1)
+  scores = (sv[:, :, None] * sn[:, None, :]).reshape(len(sv), -1)
+  pair_v, pair_n = np.repeat(top_v, top_n, axis=1), np.tile(top_n_, (1, top_n))
+  order = np.argsort(-scores, axis=1, kind="stable")
+  hit = (np.take_along_axis(pair_v, order, 1) == verb[:, None]) & (
+      np.take_along_axis(pair_n, order, 1) == noun[:, None])
+  return {f"action_top{k}": float(np.mean(hit[:, :k].any(1))) for k in ks}
+
+
+def test_ek100_official_chunked_equals_unchunked():
+  rng = np.random.default_rng(0)
+  n = 60
+  verb = metrics.softmax(rng.normal(size=(n, 97)) * 3)
+  noun = metrics.softmax(rng.normal(size=(n, 300)) * 3)
+  # True labels among each video's 4 best classes: the true pair lands at many ranks.
+  pick = lambda p: np.argsort(-p, 1)[np.arange(n), rng.integers(0, 4, n)]
+  v, nn = pick(verb), pick(noun)
+  noun[:4, :3] = noun[:4, :1]   # ties: the stable order must not depend on the chunking
+  ks = (1, 5, 10, 50)
+  want = _official_unchunked(verb, noun, v, nn, 100, ks)
+  assert 0 < want["action_top1"] < want["action_top50"] < 1
+  for chunk in (1, 7, n, 1000):
+    assert metrics.ek100_action_official(verb, noun, v, nn, ks=ks, chunk_size=chunk) == want
+
+
+def test_ek100_official_memory_is_bounded():
+  import tracemalloc  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  n = 800   # unchunked: [800, 9700] scores, orders and pair ids, ~300 MB
+  verb = rng.random((n, 97))
+  noun = rng.random((n, 300))
+  labels = rng.integers(0, 97, n), rng.integers(0, 300, n)
+  tracemalloc.start()
+  try:
+    metrics.ek100_action_official(verb, noun, *labels)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < 80 * 2**20, peak

@@ -88,12 +88,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
   def persistent_load(self, pid):
     import torch  # pylint: disable=import-outside-toplevel
-    if not (isinstance(pid, tuple) and pid and pid[0] == 'storage'):
+    if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == 'storage'):
       raise CheckpointError(f'unsupported persistent id {pid!r}')
     storage_type, key = pid[1], pid[2]
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # legacy storage classes warn on .dtype
-      dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+      dtype = (torch.uint8 if storage_type is torch.UntypedStorage
+               else getattr(storage_type, 'dtype', None))
+    if not isinstance(dtype, torch.dtype):
+      raise CheckpointError(f'storage {key!r} has an unknown storage type {storage_type!r}')
     if key not in self._storages:
       name = f'{self._prefix}data/{key}'
       try:
@@ -121,7 +124,13 @@ def _load_zip_restricted(path: str):
       raise CheckpointError(f'{path}: zip archive without a data.pkl; not a PyTorch checkpoint')
     prefix = pkls[0][:-len('data.pkl')]
     with archive.open(pkls[0]) as f:
-      return _RestrictedUnpickler(io.BytesIO(f.read()), archive, prefix).load()
+      try:
+        return _RestrictedUnpickler(io.BytesIO(f.read()), archive, prefix).load()
+      except CheckpointError as e:
+        raise CheckpointError(f'{path}: {e}') from e
+      except Exception as e:  # a damaged or crafted pickle: say so, whatever broke inside
+        raise CheckpointError(
+            f'{path}: unreadable PyTorch archive ({type(e).__name__}: {str(e)[:200]})') from e
 
 
 def _is_safetensors(path: str) -> bool:

@@ -1,8 +1,10 @@
 """Video and audio decoding with PyAV (build time), JPEG frames (read time), and a small writer.
 
 Build time: `read_video` decodes every frame (optionally resampled to a lower fps) resized so its
-short side is `short_side`, and returns JPEG bytes; `read_audio` decodes the audio track to mono
-16-bit PCM at a chosen rate (libswresample), or an empty array when the file has no audio.
+short side is `short_side`, and returns JPEG bytes at a constant rate (a variable frame rate is
+resampled by timestamp); `read_audio` decodes the audio track to mono 16-bit PCM at a chosen rate
+(libswresample), or an empty array when the file has no audio. Both decode packet by packet and
+skip a damaged packet; `iter_frames` yields each frame with its presentation time.
 Read time: `decode_jpegs` turns the stored JPEGs of the sampled frames back into PIL images.
 `write_video` writes mp4/webm/avi files with an audio track (fixtures and the synthetic set).
 """
@@ -184,7 +186,8 @@ def constant_rate(times: np.ndarray, header_fps: float, fps: float = 0.0,
 
   Regular timestamps keep every frame (the rate: `fps` when given, else the header's when it
   agrees with the timestamps). Irregular ones (a variable frame rate, or frames lost to
-  corruption) are resampled to a constant rate (`fps`, else the mean rate of the timestamps):
+  corruption) are resampled to a constant rate (`fps`, else the header's when most frames come
+  at that rate, else the mean rate of the timestamps):
   stored frame k is the source frame nearest to k / rate seconds, up to `end` (default: one
   median frame interval after the last frame).
   """
@@ -203,7 +206,12 @@ def constant_rate(times: np.ndarray, header_fps: float, fps: float = 0.0,
       rate = header_fps if abs(header_fps - measured) <= 0.01 * measured else measured
     if fps == 0 or abs(rate - measured) <= 0.01 * measured:
       return np.arange(n), rate
-  rate = float(fps) if fps else (n - 1) / max(times[-1] - times[0], 1e-6)
+  if fps:
+    rate = float(fps)
+  elif step > 0 and abs(1.0 / step - header_fps) <= 0.01 * header_fps:
+    rate = header_fps   # mostly at the nominal rate (slower stretches, lost frames): keep it
+  else:
+    rate = (n - 1) / max(times[-1] - times[0], 1e-6)
   stop = times[-1] + max(step, 1e-6) if end is None else end
   grid = np.arange(max(int(round(stop * rate - 1e-3)), 1)) / rate
   right = np.clip(np.searchsorted(times, grid), 1, n - 1)

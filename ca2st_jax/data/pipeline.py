@@ -40,6 +40,26 @@ from ca2st_jax.data import audio as audio_lib
 from ca2st_jax.data import decode, sampling, transforms
 
 LABEL_KEYS = ('label', 'verb', 'noun')
+AUTO_WORKERS = -1         # config.data.num_workers: one Grain worker per core (see below)
+MAX_AUTO_WORKERS = 32     # each worker is a process with its own buffers: bound the memory
+
+
+def resolve_num_workers(num_workers: int) -> int:
+  """config.data.num_workers -> Grain worker processes (0: in the training process).
+
+  -1 (AUTO_WORKERS) takes the cores this process may run on, less one for the training loop,
+  at most MAX_AUTO_WORKERS (set a number explicitly for more).
+  """
+  num_workers = int(num_workers)
+  if num_workers >= 0:
+    return num_workers
+  if num_workers != AUTO_WORKERS:
+    raise ValueError(f'config.data.num_workers={num_workers}: expected >= 0, or -1 for one per core')
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return max(1, min(cores - 1, MAX_AUTO_WORKERS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +336,7 @@ class Source:
     self.batch_size = global_batch // self.host_count
     eval_global = int(_cfg_get(d, 'eval_batch_size', 0) or global_batch)
     self.eval_batch_size = eval_global // self.host_count
-    self.num_workers = int(_cfg_get(d, 'num_workers', 0))
+    self.num_workers = resolve_num_workers(_cfg_get(d, 'num_workers', 0))
     self.seed = int(_cfg_get(d, 'seed', 0))
 
   def num_classes(self) -> dict[str, int]:

@@ -4,10 +4,12 @@ r"""Input-pipeline throughput: train and eval clips/s, per worker process, and w
   python -m ca2st_jax.tools.bench_data            # the synthetic set at the K400 recipe, 16x224
   python -m ca2st_jax.tools.bench_data --ra_after_crop --workers=2   # variants
 
-Train is measured in-process (one worker: clips/s per worker) and, with --workers=N>0, through
-Grain's multiprocess prefetch (total clips/s with N workers). Without a prepared dataset in the
-config it builds (once, cached under --data_dir) a synthetic set whose stored frames look like a
-prepared Kinetics clip: 64 frames at 256x340 JPEG (16 fps), 4 s of 16 kHz audio.
+Train is measured in-process (one worker: clips/s per worker) and, with --workers=N>0 (-1: the
+configs' one per core), through Grain's multiprocess prefetch (total clips/s with N workers).
+Without a prepared dataset for the config (no `dataset_dir` set and nothing built under its
+`data_dir`) it builds (once, cached under --data_dir) a synthetic stand-in whose stored frames look
+like a prepared Kinetics clip: 64 frames at 256x340 JPEG (16 fps), 4 s of 16 kHz audio; the
+config's recipe (sampling, augmentation, audio or not) is kept.
 The profile times each stage of one train clip on the same records.
 """
 
@@ -27,7 +29,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (optional
                                           lock_config=False)
 _JSON = flags.DEFINE_bool('json', False, 'print one JSON line')
 _BATCHES = flags.DEFINE_integer('batches', 6, 'train batches to time (after 1 warm-up)')
-_WORKERS = flags.DEFINE_integer('workers', 0, 'also time Grain multiprocess prefetch with N workers')
+_WORKERS = flags.DEFINE_integer('workers', 0, 'also time Grain multiprocess prefetch with N '
+                                 'workers (-1: one per core, as the paper configs)')
 _RA_AFTER_CROP = flags.DEFINE_bool('ra_after_crop', None,
                                    'override config.data.randaugment_after_crop')
 _DATA_DIR = flags.DEFINE_string('data_dir', os.path.join(tempfile.gettempdir(), 'ca2st_bench'),
@@ -81,6 +84,7 @@ def profile(source, n=8):
 
 def run(config, batches, workers):
   from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config.data.num_workers = 0   # first in this process: the per-worker (per-core) rate
   source = pipeline.make_source(config)
   bs = source.batch_size
   it = source.train_iterator()
@@ -95,6 +99,7 @@ def run(config, batches, workers):
          # clips per CPU-second of the (single) worker: the per-core rate without other load
          'train_clips_per_cpu_s': round(per_cpu, 2),
          'video_shape': list(b['video'].shape[1:])}
+  workers = pipeline.resolve_num_workers(workers)
   if workers > 0:
     config.data.num_workers = workers
     mp_source = pipeline.make_source(config)
@@ -122,13 +127,37 @@ def run(config, batches, workers):
   return res
 
 
+def use_synthetic_if_unprepared(config) -> str | None:
+  """Points config.data at the synthetic stand-in when its data set is not prepared.
+
+  Returns the directory that was looked for (None when the config's own data set is used).
+  """
+  from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if d.get('name', 'synthetic_av') == 'synthetic_av':
+    if not d.get('synthetic'):
+      d.synthetic = BENCH_SYNTHETIC
+    return None
+  if d.get('dataset_dir'):
+    return None  # named explicitly: a wrong path must fail, not be replaced
+  looked = pipeline.dataset_dir(config)
+  if os.path.exists(os.path.join(looked, 'dataset_info.json')):
+    return None
+  d.name, d.builder_config, d.synthetic = 'synthetic_av', '', BENCH_SYNTHETIC
+  d.train_split, d.eval_split = 'train', 'test'
+  return looked
+
+
 def main(argv):
   del argv
   config = _CONFIG.value if _CONFIG.value is not None else default_config()
   if not config.data.get('data_dir'):
     config.data.data_dir = _DATA_DIR.value
-  if config.data.get('name', 'synthetic_av') == 'synthetic_av' and not config.data.get('synthetic'):
-    config.data.synthetic = BENCH_SYNTHETIC
+  name = config.data.get('name', 'synthetic_av')
+  looked = use_synthetic_if_unprepared(config)
+  if looked:
+    print(f'no prepared {name} data set at {looked}: timing the synthetic stand-in with '
+          f'the config\'s recipe', flush=True)
   if _RA_AFTER_CROP.value is not None:
     config.data.randaugment_after_crop = _RA_AFTER_CROP.value
   res = run(config, _BATCHES.value, _WORKERS.value)

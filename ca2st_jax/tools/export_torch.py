@@ -14,6 +14,7 @@ authors' code.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import OrderedDict
@@ -65,6 +66,18 @@ def shared_groups(model, model_config) -> dict[str, list[str]]:
   return out
 
 
+def _model_differences(config, workdir) -> list[str]:
+  """config.model fields that differ from the workdir's config.json (empty when it has none)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f).get('model', {})
+  current = json.loads(config.model.to_json_best_effort())
+  return [f'config.model.{k}: workdir has {saved.get(k)!r}, --config {current.get(k)!r}'
+          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
 def model_from_workdir(config, workdir, setup=None):
   """The model at the latest checkpoint of a training workdir (the trainer's own restore).
 
@@ -86,7 +99,15 @@ def model_from_workdir(config, workdir, setup=None):
     step = ckpt.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
-    restored, frozen, _, _ = ckpt.restore(step)
+    try:
+      restored, frozen, _, _ = ckpt.restore(step)
+    except Exception as e:  # Orbax/TensorStore say it in their own terms (KeyError, ValueError)
+      diffs = _model_differences(config, workdir)
+      raise ValueError(
+          f'{workdir}/ckpt step {step} does not hold the model of --config '
+          f'({type(e).__name__}: {str(e)[:300]})' +
+          (':\n  ' + '\n  '.join(diffs) if diffs else '') +
+          '\nExport it with the config that trained it (see its config.json).') from e
     if frozen is None:
       state0, frozen0, rest0 = setup.init_fn()
       _, frozen = trainer.import_init(config, setup, state0, frozen0, rest0)
@@ -114,6 +135,8 @@ def export(config, output, workdir=None, dtype='float32', setup=None) -> Ordered
   """Writes the export and returns the arrays written (float32, before the dtype cast).
   `setup`: an already built trainer Setup for `config` (saves rebuilding it)."""
   from ca2st_jax.checkpoints import torch_io  # pylint: disable=import-outside-toplevel
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)   # before the (slow) restore, so a bad path fails first
   model = model_from_workdir(config, workdir, setup) if workdir else fresh_model(config)
   arrays = export_arrays(model, config.model)
   torch_io.write_tensors(output, arrays, dtype=dtype, shared=shared_groups(model, config.model))
@@ -130,7 +153,7 @@ def main(argv):
   from ca2st_jax.checkpoints.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     arrays = export(_CONFIG.value, _OUTPUT.value, _WORKDIR.value, _DTYPE.value)
-  except (CheckpointError, FileNotFoundError, ValueError, NotImplementedError) as e:
+  except (CheckpointError, OSError, ValueError, NotImplementedError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   n = sum(a.size for a in arrays.values())

@@ -1,8 +1,9 @@
 """TFDS builders (manual download, ArrayRecord) for the benchmarks of SPEC §10.
 
 Build one with `python -m ca2st_jax.data.builders NAME --manual_dir=RAW --data_dir=OUT`
-(no TensorFlow needed) or, with TensorFlow installed,
-`tfds build ca2st_jax/data/builders/NAME.py --manual_dir=RAW --file_format=array_record`.
+(no TensorFlow needed) or, with TensorFlow (and TFDS 4.9.10's apache-beam, mlcroissant) installed,
+`CA2ST_BUILD_WORKERS=N tfds build ca2st_jax/data/builders/NAME.py --manual_dir=RAW` (ArrayRecord is
+the builders' default file format).
 """
 
 from ca2st_jax.data.builders.activitynet import Activitynet

@@ -113,9 +113,10 @@ def read_csv(path, header=True, min_columns=0, bad_rows=None):
         continue
       if len(row) < need:
         problem = f'{path}:{reader.line_num}: {len(row)} columns, expected {need}: {row}'
-        log.warning('left out annotation row %s', problem)
-        if bad_rows is not None:
-          bad_rows.append(problem)
+        if bad_rows is None or problem not in bad_rows:  # builders may read a file twice
+          log.warning('left out annotation row %s', problem)
+          if bad_rows is not None:
+            bad_rows.append(problem)
         continue
       out.append(dict(zip(names, row)) if header else row)
   return out
