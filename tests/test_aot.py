@@ -148,3 +148,29 @@ def test_per_device_batch_must_split_the_config_batch():
   config = load_config("cast_k400", "tiny")  # global batch 2
   with pytest.raises(ValueError, match="--per_device_batch"):
     aot.main(config, "v5p-8", None, 1, False, True)
+
+
+def test_find_max_batch_doubles_then_bisects(monkeypatch):
+  calls = []
+
+  def fake_check(config, topology, b, **kwargs):
+    calls.append(b)
+    fits = b <= 37
+    return {"fits": fits, "peak_bytes_per_device": b * 2 ** 30, "compile_s": 0.0,
+            "verdict": "fits" if fits else "needs"}
+
+  monkeypatch.setattr(aot, "check", fake_check)
+  best, tried = aot.find_max_batch(None, aot.parse_topology("v5p-8"))
+  assert best == 37 and [t[0] for t in tried] == calls
+  assert calls == [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+
+
+def test_verdicts():
+  gib = 2 ** 30
+  base = {"hbm_bytes_per_device": 16 * gib}
+  assert aot.verdict(dict(base, fits=True, peak_bytes_per_device=gib)) == "fits"
+  assert aot.verdict(dict(base, fits=False, peak_bytes_per_device=20 * gib)) == (
+      "needs 20.00 GiB of 16.00 GiB")
+  assert aot.verdict(dict(base, fits=False, peak_bytes_per_device=gib,
+                          eval_peak_bytes_per_device=17 * gib)) == (
+      "train step fits; eval step needs 17.00 GiB of 16.00 GiB")

@@ -326,12 +326,18 @@ def _model_check(config, global_batch: int, num_devices: int) -> dict:
 
 def verdict(result: dict) -> str:
   hbm = result["hbm_bytes_per_device"] / GIB
-  peak = result["peak_bytes_per_device"]
   if result["fits"]:
     return "fits"
-  if peak is None:
-    return f"does not fit in {hbm:.2f} GiB ({result.get('compiler_message', 'no memory figure')})"
-  return f"needs {peak / GIB:.2f} GiB of {hbm:.2f} GiB"
+
+  def needs(peak, message):
+    if peak is None:
+      return f"does not fit in {hbm:.2f} GiB ({message or 'no memory figure'})"
+    return f"needs {peak / GIB:.2f} GiB of {hbm:.2f} GiB"
+
+  train_peak = result["peak_bytes_per_device"]
+  if train_peak is not None and train_peak <= hbm * GIB and "compiler_message" not in result:
+    return "train step fits; eval step " + needs(result.get("eval_peak_bytes_per_device"), None)
+  return needs(train_peak, result.get("compiler_message"))
 
 
 def find_max_batch(config, topology: Topology, start: int = 1) -> tuple[int, list]:
@@ -383,13 +389,15 @@ def print_report(r: dict):
 def main(config, topology_name, per_device_batch, num_slices, search, as_json) -> int:
   topology = parse_topology(topology_name, num_slices)
   n = topology.chips * num_slices
+  max_batch, tried = (find_max_batch(config, topology) if search else (None, None))
+  if per_device_batch is None and search:
+    per_device_batch = max(max_batch, 1)
   if per_device_batch is None:
     micro = int(config.train.batch_size) // int(config.train.get("accum_steps", 1))
     if micro % n:
       raise ValueError(f"config.train.batch_size / accum_steps = {micro} does not split over {n} "
                        "devices; give --per_device_batch")
     per_device_batch = micro // n
-  max_batch, tried = (find_max_batch(config, topology) if search else (None, None))
   result = check(config, topology, per_device_batch)
   if search:
     result["max_per_device_batch"] = max_batch
@@ -407,7 +415,8 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]")
   _TOPOLOGY = flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-N, v5p-N, v5e-N, v6e-N.")
   _BATCH = flags.DEFINE_integer("per_device_batch", None, "Clips per device per micro-batch "
-                                "(default: the config's batch spread over the slice).")
+                                "(default: the largest that fits with --find_max_batch, else the "
+                                "config's batch spread over the slice).")
   _SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network.")
   _SEARCH = flags.DEFINE_bool("find_max_batch", False, "Also search the largest per-device batch.")
   _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
