@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from ca2st_jax import config_lib, models
+from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.models import bca
 
 REFERENCE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference'
@@ -284,3 +285,108 @@ def test_remat_same_values_and_gradients(name, policy):
       np.testing.assert_allclose(value, value_0, rtol=1e-5)
       jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                    grads, grads_0)
+
+
+def _pre_head(model, name, batch):
+  """The fused feature that enters the head (CAST / CA²ST)."""
+  if name == 'cast':
+    spatial, temporal = model.features(batch['video'])
+    return model.spatial_last_adapter(spatial) + model.temporal_last_adapter(temporal)
+  spatial, temporal, audio = model.features(**batch)
+  return (model.spatial_last_adapter(spatial) + model.temporal_last_adapter(temporal)
+          + model.audio_last_adapter(audio))
+
+
+@pytest.mark.parametrize('name', ['cast', 'ca2st'])
+def test_bfloat16_frozen_storage_matches_float32(name):
+  """Shared weights: float32 throughout vs bf16 compute with the frozen experts stored in bf16
+  (cast on import). The head is set to prototypes of the batch's own float32 features, so class
+  i is the top-1 of sample i by a margin set by the input, not by a bias; bf16 must keep every
+  top-1 and stay within a few percent of the logit scale."""
+  num = 8
+  keys = jax.random.split(jax.random.key(3), 2)
+  slots = 4
+  starts = jnp.arange(slots + 1, dtype=jnp.float32) * 0.5
+  batch = dict(video=jax.random.normal(keys[0], (num, 8, 32, 32, 3)),
+               audio=jax.random.normal(keys[1], (num, 64, 32)),
+               audio_times=jnp.broadcast_to(jnp.stack([starts, starts + 0.5], -1), (num, slots + 1, 2)))
+  inputs_of = (lambda b: dict(video=b['video'])) if name == 'cast' else (lambda b: b)
+  reference = models.build(tiny(name, num_classes=num, audio_exchange_start=1), rngs=nnx.Rngs(0))
+  params = nnx.state(reference, nnx.Param)  # all random, so that the features vary with the input
+  leaves, treedef = jax.tree.flatten(params)
+  new = [0.2 * jax.random.normal(k, x.shape) for k, x in
+         zip(jax.random.split(jax.random.key(1), len(leaves)), leaves)]
+  nnx.update(reference, jax.tree.unflatten(treedef, new))
+  features = np.asarray(_pre_head(reference, name, batch))
+  centred = features - features.mean(0)
+  prototypes = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+  reference.head.kernel[...] = jnp.asarray(10 * prototypes.T)
+  reference.head.bias[...] = jnp.asarray(-10 * prototypes @ features.mean(0))
+
+  bf16 = models.build(tiny(name, num_classes=num, audio_exchange_start=1, dtype='bfloat16',
+                           store_frozen_in_compute_dtype=True), rngs=nnx.Rngs(1))
+  torch_mapping.assign(bf16, torch_mapping.model_arrays(reference))
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, models.FROZEN))} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, models.TRAINABLE))} == {jnp.dtype(jnp.float32)}
+
+  logits_32 = np.asarray(reference(**inputs_of(batch))['label'])
+  logits_16 = np.asarray(bf16(**inputs_of(batch))['label'], np.float32)
+  np.testing.assert_array_equal(logits_32.argmax(-1), np.arange(num))  # input-dependent top-1
+  top2 = np.sort(logits_32, -1)[:, -2:]
+  difference = np.abs(logits_16 - logits_32).max()
+  assert difference < 0.05 * np.abs(logits_32).max()
+  assert difference < 0.5 * (top2[:, 1] - top2[:, 0]).min()  # well separated: a real check
+  np.testing.assert_array_equal(logits_16.argmax(-1), np.arange(num))
+  # Export widens the bf16 weights back to float32: exactly the bf16 rounding of the originals.
+  exported, original = torch_mapping.model_arrays(bf16), torch_mapping.model_arrays(reference)
+  key = 'spatial/blocks/1/attn/qkv/kernel'
+  assert exported[key].dtype == np.float32
+  np.testing.assert_array_equal(exported[key], original[key].astype(jnp.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(exported['head/kernel'], original['head/kernel'])
+
+
+def test_stacked_layers_index_like_lists():
+  """`blocks[i]` / iteration give layer i as a standalone module: slice i of every stacked
+  parameter; running them one by one equals the scanned expert."""
+  cfg = tiny('cast', depth=3)
+  model = models.build(cfg, rngs=nnx.Rngs(0))
+  assert len(model.spatial.blocks) == len(model.layers) == 3
+  stacked = model.temporal.blocks.attn.qkv.kernel[...]
+  assert stacked.shape == (3, cfg.width, 3 * cfg.width)
+  for i, block in enumerate(model.temporal.blocks):
+    np.testing.assert_array_equal(block.attn.qkv.kernel[...], stacked[i])
+  video = inputs(cfg)['video']
+  x = model.temporal.embed(video)
+  for block in model.temporal.blocks:
+    x = block(x)
+  np.testing.assert_allclose(model.temporal.pool(x), model.temporal(video), atol=1e-6, rtol=1e-6)
+  with pytest.raises(IndexError):
+    model.layers[3]
+
+
+def test_layer_decay_per_layer_slice():
+  """Layer decay on the real parameter paths: each slice of a stacked parameter gets its own
+  layer's scale (CA²ST's second group continues after the first), stems and heads theirs; a
+  stacked LayerNorm scale [L, D] is not weight-decayed, a stacked kernel is."""
+  from ca2st_jax.train import optim  # pylint: disable=import-outside-toplevel
+  depth, decay = 4, 0.5
+  cfg = tiny('ca2st', depth=depth, audio_exchange_start=1)
+  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  scales = optim.layer_scales(params, models.layer_id, depth, decay)
+  per_layer = lambda first, n: decay ** (depth + 1 - (first + np.arange(n)))
+  check = lambda got, want: np.testing.assert_allclose(np.ravel(got), want, rtol=1e-6)
+  check(scales['spatial']['blocks']['attn']['qkv']['kernel'], per_layer(1, depth))
+  check(scales['audio']['blocks']['norm1']['scale'], per_layer(1, depth))
+  check(scales['layers']['spatial_adapter']['fc1']['kernel'], per_layer(1, 1))
+  check(scales['audio_exchange_layers']['audio_spatial']['audio_down']['kernel'],
+        per_layer(2, depth - 1))
+  query_pos = scales['audio_exchange_layers']['space_time']['spatial_from_temporal']['query_pos']
+  check(query_pos, per_layer(2, depth - 1))
+  assert np.shape(query_pos) == (depth - 1, 1, 1)  # broadcasts over [layers, slots, dim]
+  assert scales['spatial']['patch_embed']['kernel'] == decay ** (depth + 1)
+  assert scales['head']['kernel'] == 1.0
+  mask = optim.decay_mask(params, models.layer_id, depth)
+  assert mask['layers']['space_time']['spatial_norm']['scale'] is False
+  assert mask['audio_exchange_layers']['spatial_adapter']['fc1']['kernel'] is True
+  assert mask['spatial']['blocks']['norm1']['scale'] is False
