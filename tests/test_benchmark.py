@@ -50,9 +50,11 @@ def test_benchmark_cli_without_data_stack(tmp_path):
     assert r['compile_s'] > 0 and r['lower_s'] > 0
     assert r['memory']['temp_bytes'] > 0 and r['memory']['argument_bytes'] > 0
     assert r['xla_flops_per_clip'] > 0
-    # The per-op-kind bytes add up to XLA's own count of bytes accessed.
+    # The per-op-kind bytes count a scanned layer once per layer; XLA's own count of bytes
+    # accessed counts a loop body once, so with the 2 scanned layers it sees less, but not less
+    # than half (everything outside the loops is counted by both).
     by_op = sum(r['bytes_by_op_per_clip'].values())
-    assert by_op == pytest.approx(r['xla_bytes_per_clip'], rel=0.15)
+    assert r['xla_bytes_per_clip'] < by_op < 2.3 * r['xla_bytes_per_clip']
   # The report mode reads those lines back.
   (tmp_path / 'bench.jsonl').write_text(proc.stdout)
   report = subprocess.run(

@@ -502,7 +502,7 @@ def format_table(rows: list[dict]) -> str:
   """A markdown table of benchmark rows. 'JAX x' is the JAX row's clips/s over this row's (same
   config, batch, dtype and step): the JAX speed-up over that backend."""
   head = ('| config | backend | dtype | batch | step | ms/step | clips/s | JAX x | compile s '
-          '| TFLOP/clip | TFLOP/s | MFU % | temp GiB | peak GiB | XLA GB/clip |')
+          '| TFLOP/clip | TFLOP/s | MFU % | temp GiB | peak GiB | XLA GB/clip (loop body once) |')
   lines = [head, '|' + '---|' * (head.count('|') - 1)]
   fmt = lambda x, spec: format(x, spec) if x is not None else '-'
   key = lambda row, step: (row['config'], row['batch'], row['dtype'], step)
@@ -557,7 +557,8 @@ def format_details(row: dict) -> str:
                          for k, v in (r.get('memory') or {}).items())
       lines.append(
           f"{row['config']} {row['backend']} {step}: lower {r['lower_s']:.1f} s + compile "
-          f"{r['compile_s']:.1f} s; XLA {(r['xla_flops_per_clip'] or 0) / 1e12:.3f} TFLOP and "
+          f"{r['compile_s']:.1f} s; XLA (a loop body counted once) "
+          f"{(r['xla_flops_per_clip'] or 0) / 1e12:.3f} TFLOP and "
           f"{(r['xla_bytes_per_clip'] or 0) / 1e9:.2f} GB accessed per clip; {memory}")
   lines.append(f"{row['config']} {row['backend']} on {row.get('device', '?')}: "
                f"{row.get('versions', {})}" + (f", autocast {row['autocast']}" if 'autocast' in row
