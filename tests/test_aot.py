@@ -108,7 +108,7 @@ def test_tiny_config_fits_a_small_slice():
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (r["topology"], r["num_devices"], r["per_device_batch"], r["global_batch"]) == (
       "v5e-4", 4, 2, 8)
-  assert r["device_kind"] == "TPU v5 lite" and r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert r["device_kind"] == "TPU v5 lite" and r["mesh"] == {"data": 4, "fsdp": 1}
   assert r["fits"] is True and r["verdict"] == "fits"
   assert r["hbm_bytes_per_device"] == 16 * 2 ** 30
   parts = (r["argument_bytes_per_device"] + r["output_bytes_per_device"] -

@@ -106,7 +106,7 @@ def test_workdir_of_another_config_and_a_missing_output_folder(tmp_path):
   setup = trainer.build_setup(config)
   fill = lambda tree, shardings: jax.tree.map(
       lambda a, sh: jax.device_put(np.full(a.shape, 0.5, a.dtype), sh), tree, shardings)
-  ckpt = trainer.Checkpointer(str(tmp_path), setup, config.ckpt)
+  ckpt = trainer.checkpointer(config, str(tmp_path), setup)
   ckpt.save(3, fill(setup.abstract_state, setup.state_shardings),
             fill(setup.abstract_frozen, setup.frozen_shardings), {}, {})
   ckpt.wait()

@@ -5,11 +5,11 @@ experts may then be stored in the compute dtype (`models.build`). LayerNorm stat
 reduced in float32 whatever the compute dtype, as the reference's fp16-safe LayerNorm does.
 """
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import nnx
 
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
@@ -124,8 +124,8 @@ def resolve_attention(requested: str, dtype, platform: str | None = None) -> str
   if platform == 'tpu':
     return 'tpu_flash'
   if platform == 'gpu':
-    logging.warning("config.model.attention='auto': XLA attention, since cuDNN flash attention "
-                    "needs bfloat16/float16 and the model computes in %s", jnp.dtype(dtype).name)
+    warnings.warn("config.model.attention='auto': XLA attention, since cuDNN flash attention "
+                  f"needs bfloat16/float16 and the model computes in {jnp.dtype(dtype).name}")
   return 'xla'
 
 
