@@ -30,6 +30,8 @@ from ca2st_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_TIMEOUT_S = 900
+# The module fixture's launches run inside the first test: more than the suite's 600 s per test.
+pytestmark = pytest.mark.timeout(2400)
 STEPS = 6
 
 CONFIG = '''
