@@ -79,10 +79,8 @@ def export_torch(config, workdir, config_args=()):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec("torch") is None:
-    print("PyTorch export skipped: torch is not installed", flush=True)
-    return None
-  if importlib.util.find_spec("ca2st_jax.tools.export_torch") is None:
-    print("PyTorch export skipped: ca2st_jax.tools.export_torch is not available", flush=True)
+    print("PyTorch export skipped: torch is not installed (pip install torch==2.13.0 && "
+          "pip install -e '.[torch]')", flush=True)
     return None
   out = epath.Path(workdir) / "model_torch.pt"
   with tempfile.TemporaryDirectory() as tmp:  # the exporter writes a local file; copied after
