@@ -69,24 +69,31 @@ def test_safetensors_in_half_precision_round_trips(tmp_path, dtype):
   np.testing.assert_array_equal(tmodel.head.weight.detach().numpy(), sd['head.weight'].float().numpy())
 
 
-def test_export_from_a_training_workdir(tmp_path):
+def _demo_checkpoint(workdir, head=None):
+  """The demo config's setup and a step-3 checkpoint in `workdir` unlike any fresh init (and
+  cheap to make): every weight 0.5, the head `head` if given."""
   trainer = pytest.importorskip('ca2st_jax.train.trainer')
   import jax  # pylint: disable=import-outside-toplevel
   config = load_config('demo')
   config.ckpt['async'] = False
   setup = trainer.build_setup(config)
-  # A checkpoint unlike any fresh init (and cheap to make): every weight 0.5, the head 0.25.
   fill = lambda tree, shardings: jax.tree.map(
       lambda a, sh: jax.device_put(np.full(a.shape, 0.5, a.dtype), sh), tree, shardings)
   state = fill(setup.abstract_state, setup.state_shardings)
   frozen = fill(setup.abstract_frozen, setup.frozen_shardings)
-  kernel = state['params']['head']['kernel']
-  state['params']['head']['kernel'] = kernel.replace(
-      jax.device_put(np.full(kernel.shape, 0.25, np.float32), kernel.get_value().sharding))
-  ckpt = trainer.checkpointer(config, str(tmp_path), setup)
+  if head is not None:
+    kernel = state['params']['head']['kernel']
+    state['params']['head']['kernel'] = kernel.replace(
+        jax.device_put(np.full(kernel.shape, head, np.float32), kernel.get_value().sharding))
+  ckpt = trainer.checkpointer(config, str(workdir), setup)
   ckpt.save(3, state, frozen, {}, {})
   ckpt.wait()
   ckpt.close()
+  return config, setup
+
+
+def test_export_from_a_training_workdir(tmp_path):
+  config, setup = _demo_checkpoint(tmp_path, head=0.25)
   out = str(tmp_path / 'model_torch.pt')
   arrays = export_torch.export(config, out, workdir=str(tmp_path), setup=setup)
   sd = torch.load(out, weights_only=True)
@@ -99,18 +106,7 @@ def test_export_from_a_training_workdir(tmp_path):
 
 
 def test_workdir_of_another_config_and_a_missing_output_folder(tmp_path):
-  trainer = pytest.importorskip('ca2st_jax.train.trainer')
-  import jax  # pylint: disable=import-outside-toplevel
-  config = load_config('demo')
-  config.ckpt['async'] = False
-  setup = trainer.build_setup(config)
-  fill = lambda tree, shardings: jax.tree.map(
-      lambda a, sh: jax.device_put(np.full(a.shape, 0.5, a.dtype), sh), tree, shardings)
-  ckpt = trainer.checkpointer(config, str(tmp_path), setup)
-  ckpt.save(3, fill(setup.abstract_state, setup.state_shardings),
-            fill(setup.abstract_frozen, setup.frozen_shardings), {}, {})
-  ckpt.wait()
-  ckpt.close()
+  config, setup = _demo_checkpoint(tmp_path)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())
   other = load_config('cast_k400', 'tiny')
   other.train.batch_size = 8    # divisible by the 8 test devices
