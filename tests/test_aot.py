@@ -150,19 +150,49 @@ def test_per_device_batch_must_split_the_config_batch():
     aot.main(config, "v5p-8", None, 1, False, True)
 
 
-def test_find_max_batch_doubles_then_bisects(monkeypatch):
-  calls = []
-
+def _fake_check(calls, fits, peak):
   def fake_check(config, topology, b, **kwargs):
     calls.append(b)
-    fits = b <= 37
-    return {"fits": fits, "peak_bytes_per_device": b * 2 ** 30, "compile_s": 0.0,
-            "verdict": "fits" if fits else "needs"}
+    return {"fits": fits(b), "peak_bytes_per_device": peak(b), "compile_s": 0.0,
+            "hbm_bytes_per_device": topology.hbm_bytes, "verdict": "fits" if fits(b) else "needs"}
+  return fake_check
 
-  monkeypatch.setattr(aot, "check", fake_check)
+
+def test_find_max_batch_follows_the_memory_line(monkeypatch):
+  # v5p: 95 GiB per chip; 4 GiB of weights and state plus 1 GiB per clip: 91 clips fit.
+  calls = []
+  gib = 2 ** 30
+  monkeypatch.setattr(aot, "check", _fake_check(calls, lambda b: (4 + b) * gib <= 95 * gib,
+                                                lambda b: (4 + b) * gib))
   best, tried = aot.find_max_batch(None, aot.parse_topology("v5p-8"))
-  assert best == 37 and [t[0] for t in tried] == calls
+  assert best == 91 and [t[0] for t in tried] == calls
+  assert calls == [1, 2, 91, 92]
+
+
+def test_find_max_batch_when_the_line_misleads(monkeypatch):
+  # Memory says 91 would fit, the compiler says 37 (e.g. a fragmentation limit): bisection finds it.
+  calls = []
+  gib = 2 ** 30
+  monkeypatch.setattr(aot, "check", _fake_check(calls, lambda b: b <= 37, lambda b: (4 + b) * gib))
+  best, _ = aot.find_max_batch(None, aot.parse_topology("v5p-8"))
+  assert best == 37
+  assert calls[:4] == [1, 2, 91, 90] and len(calls) <= 12
+  assert max(b for b in calls if b <= 37) == 37 and 38 in calls
+
+
+def test_find_max_batch_without_memory_figures_doubles_then_bisects(monkeypatch):
+  calls = []
+  monkeypatch.setattr(aot, "check", _fake_check(calls, lambda b: b <= 37, lambda b: None))
+  best, _ = aot.find_max_batch(None, aot.parse_topology("v5p-8"))
+  assert best == 37
   assert calls == [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+
+
+def test_find_max_batch_when_nothing_fits(monkeypatch):
+  calls = []
+  monkeypatch.setattr(aot, "check", _fake_check(calls, lambda b: False, lambda b: 200 * 2 ** 30))
+  assert aot.find_max_batch(None, aot.parse_topology("v5p-8"))[0] == 0
+  assert calls == [1]
 
 
 def test_verdicts():
