@@ -123,6 +123,20 @@ def test_tiny_config_fits_a_small_slice():
 
 
 @NEEDS_LIBTPU
+def test_flash_attention_compiles_for_a_sharded_slice():
+  # 128-pixel frames: 256 VideoMAE tokens, so the Pallas flash kernel runs there (it
+  # leaves sequences under 128 to XLA). Over data 2 x fsdp 2 it must be split per batch shard:
+  # XLA refuses to partition a Mosaic call.
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=v5e-4", "--per_device_batch=1",
+                 "--config.model.image_size=128", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                 "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r["attention"] == "tpu_flash" and r["mesh"] == {"data": 2, "fsdp": 2}
+  assert r["fits"] is True
+
+
+@NEEDS_LIBTPU
 def test_too_large_a_batch_does_not_fit():
   proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=v5e-4",
                  "--per_device_batch=262144")

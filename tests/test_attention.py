@@ -72,6 +72,32 @@ def test_tpu_flash_kernel_matches_xla_values_and_gradients(q_len, k_len):
     np.testing.assert_allclose(g, w, atol=2e-5)
 
 
+def test_tpu_flash_runs_per_batch_shard_under_a_mesh():
+  # Under the trainer's mesh XLA cannot partition the Pallas call ("Mosaic kernels cannot be
+  # automatically partitioned"): each device runs it on its slice of the batch.
+  from jax.experimental.pallas import tpu as pltpu
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from ca2st_jax.train import mesh as mesh_lib
+  mesh = mesh_lib.make_mesh({"data": 4, "fsdp": 2})
+  q, k, v = _qkv(130, 140, batch=8)
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(layers.attention(q, k, v, impl)))
+  want, want_grads = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  sharded = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
+
+  def step(q, k, v):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return jax.value_and_grad(loss("tpu_flash"), argnums=(0, 1, 2))(q, k, v)
+
+  step = jax.jit(step, in_shardings=(sharded,) * 3)
+  with pltpu.force_tpu_interpret_mode():
+    assert "shard_map" in str(jax.make_jaxpr(step)(q, k, v))
+    got, got_grads = step(q, k, v)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(got_grads, want_grads):
+    assert g.sharding.is_equivalent_to(sharded, 4)
+    np.testing.assert_allclose(g, w, atol=2e-5)
+
+
 def test_tpu_flash_keeps_short_windows_on_xla():
   # CAST's T2S windows have 8 keys: padding them to a 128 block would be mostly waste.
   q, k, v = _qkv(8, 8)

@@ -153,11 +153,23 @@ def _tpu_flash_attention(q, k, v):
   return out.swapaxes(1, 2)[:, :q_len]
 
 
+def _per_batch_shard(kernel):
+  """`kernel` run on each device's slice of the batch when a mesh is set (the trainer's steps set
+  theirs): XLA cannot partition a Pallas (Mosaic) call itself. Every axis of the trainer's mesh
+  (data, fsdp) splits the batch, so the slices are whole examples and need no communication."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return kernel
+  spec = jax.sharding.PartitionSpec(mesh.axis_names)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)
+
+
 def attention(q, k, v, implementation: str):
   """softmax(q k^T / sqrt(D)) v for [B, T, H, D] queries and [B, S, H, D] keys/values with the
   kernel `resolve_attention` chose. Logits and softmax are float32 in every kernel."""
   if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
-    return _tpu_flash_attention(q, k, v)
+    return _per_batch_shard(_tpu_flash_attention)(q, k, v)
   if implementation == 'cudnn' and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0:
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
   return jax.nn.dot_product_attention(q, k, v, implementation='xla')

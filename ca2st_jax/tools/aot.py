@@ -415,7 +415,8 @@ def print_report(r: dict):
 def main(config, topology_name, per_device_batch, num_slices, search, as_json) -> int:
   topology = parse_topology(topology_name, num_slices)
   n = topology.chips * num_slices
-  max_batch, tried = (find_max_batch(config, topology) if search else (None, None))
+  max_batch, tried = (find_max_batch(config, topology, start=per_device_batch or 1) if search
+                      else (None, None))
   if per_device_batch is None and search:
     per_device_batch = max(max_batch, 1)
   if per_device_batch is None:
@@ -444,7 +445,8 @@ if __name__ == "__main__":
                                 "(default: the largest that fits with --find_max_batch, else the "
                                 "config's batch spread over the slice).")
   _SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-center network.")
-  _SEARCH = flags.DEFINE_bool("find_max_batch", False, "Also search the largest per-device batch.")
+  _SEARCH = flags.DEFINE_bool("find_max_batch", False, "Also search the largest per-device batch "
+                              "(starting from --per_device_batch when given).")
   _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
   flags.mark_flags_as_required(["config", "topology"])
 

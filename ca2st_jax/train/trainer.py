@@ -142,7 +142,9 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
     if not deterministic:
       nnx.reseed(model, dropout=rng)
     extra = {k: inputs[k] for k in ("audio", "audio_times") if k in inputs}
-    return model(video=inputs["video"], **extra, deterministic=deterministic)
+    # The mesh, for kernels XLA cannot partition (layers.attention's TPU flash kernel).
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return model(video=inputs["video"], **extra, deterministic=deterministic)
 
   # frozen/rest are arguments (not closed over) so NNX variables are rebuilt at the grad trace level.
   def loss_fn(params, frozen, rest, micro, rng):
