@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
+from ca2st_jax import config_lib
 from ca2st_jax.data import pipeline, synthetic
 from ca2st_jax.train import report
 from ca2st_jax.train import workdir as workdir_lib
@@ -24,7 +25,7 @@ def train_split(tmp_path_factory):
   cfg = ml_collections.ConfigDict(dict(
       model=dict(num_frames=8, tubelet_size=2, image_size=32, num_mel_bins=32,
                  spectrogram_length=48),
-      data=dict(pipeline.default_config(), frame_stride=2, randaugment="rand-m7-n2-mstd0.5-inc1"),
+      data=config_lib.data_config(frame_stride=2, randaugment="rand-m7-n2-mstd0.5-inc1"),
       train=dict(batch_size=4)))
   src, info = pipeline.open_split(ds_dir, "train")
   return src, pipeline.clip_options(cfg, info)
