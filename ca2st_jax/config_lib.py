@@ -1,4 +1,5 @@
-"""Shared pieces of the configs in configs/: the model section and the :tiny variant."""
+"""Shared pieces of the configs in configs/: the model and data sections, the training recipes
+and the :tiny variant."""
 import ml_collections
 
 VARIANTS = ('', 'tiny')
@@ -85,21 +86,35 @@ def check_fields(config) -> None:
                      f'config_lib.data_config(...)')
 
 
+def cast_recipe(config, variant: str, *, batch_size: int, total_epochs: int, mixup_prob: float):
+  """The CAST training recipe (SPEC §9: the authors' scripts/{kinetics,ssv2,ek100}/*.sh), the
+  values that differ per data set as arguments. batch_size is the global batch of one optimiser
+  step (accum_steps micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256."""
+  return _recipe(config, variant, batch_size=batch_size, total_epochs=total_epochs,
+                 mixup_prob=mixup_prob, lr=0.001, layer_decay=0.75, with_map=False)
+
+
 def audio_visual_recipe(config, variant: str, *, with_map: bool = False):
   """The CAVA / CA²ST training recipe shared by the audio-visual configs (SPEC §9; the authors'
   notebook: 6 GPUs x 2). batch_size is the global batch of one optimiser step (accum_steps
   micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256."""
+  return _recipe(config, variant, batch_size=12, total_epochs=50, mixup_prob=0.9, lr=0.0005,
+                 layer_decay=0.8, with_map=with_map)
+
+
+def _recipe(config, variant, *, batch_size, total_epochs, mixup_prob, lr, layer_decay, with_map):
+  """config.train / mesh / ckpt / optim / eval of a paper recipe (the common part: SPEC §9)."""
   placeholder = ml_collections.config_dict.placeholder
   config.train = ml_collections.ConfigDict(dict(
-      batch_size=12, accum_steps=1, total_epochs=50, warmup_epochs=5,
+      batch_size=batch_size, accum_steps=1, total_epochs=total_epochs, warmup_epochs=5,
       total_steps=placeholder(int), warmup_steps=placeholder(int),
-      trainable='reference', mixup_alpha=0.8, mixup_prob=0.9, label_smoothing=0.1,
+      trainable='reference', mixup_alpha=0.8, mixup_prob=mixup_prob, label_smoothing=0.1,
       log_every=50, eval_every=0, ckpt_every=1000))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.ckpt = ml_collections.ConfigDict(dict(keep=2))
   config.optim = ml_collections.ConfigDict(dict(
-      lr=0.0005, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
-      layer_decay=0.8, clip_grad_norm=placeholder(float), betas=(0.9, 0.999), eps=1e-8))
+      lr=lr, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
+      layer_decay=layer_decay, clip_grad_norm=placeholder(float), betas=(0.9, 0.999), eps=1e-8))
   config.eval = ml_collections.ConfigDict(dict(best_metric='top1', with_map=with_map))
   if variant == 'tiny':  # a few CPU steps of the same recipe
     config.train.update(batch_size=2, total_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
