@@ -215,6 +215,40 @@ def test_ek100_verb_noun_batches_with_tsn(tmp_path):
   assert sum(int(e['mask'].sum()) for e in ev) == 3 * 6
 
 
+def test_activitynet_tsn_segments_span_the_untrimmed_video_with_audio(tmp_path):
+  import test_data_builders as tb  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import builders  # pylint: disable=g-import-not-at-top
+  raw = tmp_path / 'raw'
+  db = {'database': {
+      'abc': {'subset': 'training', 'duration': 8.0,
+              'annotations': [{'segment': [2.0, 3.0], 'label': 'Cooking'}]},
+      'def': {'subset': 'validation', 'duration': 8.0,
+              'annotations': [{'segment': [5.0, 6.0], 'label': 'Archery'}]}}}
+  raw.mkdir()
+  (raw / 'activity_net.v1-3.min.json').write_text(json.dumps(db))
+  for vid in db['database']:
+    tb._video(raw / f'v_{vid}.mp4', n=64, fps=8)                # 8 s, with a tone
+  b = tb._build(builders.Activitynet, raw, tmp_path, fps=8.0)
+  assert len(pipeline.open_split(str(b.data_dir), 'train')[0][0]['frames']) == 64
+  cfg = tests_helpers.load_config('ca2st_activitynet', 'tiny')
+  cfg.data.update(dataset_dir=str(b.data_dir), num_workers=0, eval_batch_size=6)
+  cfg.train.batch_size = 1
+  src = pipeline.make_source(cfg)
+  assert src.num_classes() == {'label': 2}
+  batch = next(src.train_iterator())
+  assert batch['video'].shape == (1, 8, 32, 32, 3) and batch['audio'].shape == (1, 64, 32)
+  assert batch['has_audio'].all() and batch['label'].tolist() == [1]
+  # 8 frames, one in each eighth of the 8 s video (not a window of it): frame 2k and 2k + 1
+  # of the clip lie in seconds [2k, 2k + 1) and [2k + 1, 2k + 2).
+  np.testing.assert_array_equal(np.floor(batch['audio_times'][0, 1:]),
+                                [[0, 1], [2, 3], [4, 5], [6, 7]])
+  views = next(iter(src.eval_iterator()))                     # 2 clips x 3 crops of 'def'
+  assert views['mask'].all() and views['label'].tolist() == [0] * 6
+  np.testing.assert_allclose(views['audio_times'][0, 1:], [[0, 1], [2, 3], [4, 5], [6, 7]])
+  np.testing.assert_allclose(views['audio_times'][3, 1:],     # clip 1: half a segment later
+                             [[0.5, 1.5], [2.5, 3.5], [4.5, 5.5], [6.5, 7.5]])
+
+
 def test_train_hosts_read_disjoint_examples(data_dir):
   cfg = make_config(data_dir, randaugment='', spec_augment=False)
   cfg.model.spectrogram_length = 256                       # > the clip: padded, no random crop

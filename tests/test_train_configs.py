@@ -42,7 +42,8 @@ def test_demo_config_few_steps(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cast_k400", "cast_ssv2", "cast_ek100", "cava_vggsound",
-                                  "ca2st_vggsound", "cava_epic_sounds", "ca2st_ucf101"])
+                                  "ca2st_vggsound", "cava_epic_sounds", "ca2st_ucf101",
+                                  "ca2st_activitynet"])
 def test_paper_config_recipes_resolve(name):
   from ca2st_jax.train import optim
   for arg in (None, "tiny"):
