@@ -88,6 +88,15 @@ def test_gs_workdir_files_go_to_the_bucket(fake_gcs):
   other.model.width = 64
   with pytest.raises(ValueError, match="config.model.width"):
     workdir_lib.check_config(other, wd)
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.data.synthetic = dict(num_train=8)
+  with pytest.raises(ValueError, match="config.data.synthetic"):
+    workdir_lib.check_config(other, wd)
+  # A workdir of a real data set written before config.data.synthetic existed resumes.
+  k400 = ml_collections.ConfigDict(dict(model=dict(width=32), data=dict(name="kinetics400")))
+  workdir_lib.write_config(k400, "gs://bucket/k400")
+  k400.data.synthetic = {}
+  workdir_lib.check_config(k400, "gs://bucket/k400")
 
   w = writer_lib.MetricWriter(wd)
   w.write(1, "train", {"loss": 2.0})
