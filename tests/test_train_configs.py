@@ -91,3 +91,10 @@ def test_unknown_config_field_is_a_one_line_error(tmp_path):
   assert r.returncode == 2
   assert r.stderr.strip() == ("error: --config.train.no_such_field: the config has no field "
                               "'no_such_field' (see the config file for its fields)"), r.stderr
+  r = subprocess.run([sys.executable, "-m", "ca2st_jax.main", "--config=configs/demo.py",
+                      "--config.data.batch_size=64", f"--workdir={tmp_path}"],
+                     capture_output=True, text=True, timeout=300, cwd=root,
+                     env=dict(os.environ, PYTHONPATH=root))
+  assert r.returncode == 2
+  assert r.stderr.strip().startswith("error: --config.data.batch_size: no longer a field: set "
+                                     "config.train.batch_size"), r.stderr
