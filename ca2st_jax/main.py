@@ -9,12 +9,15 @@ scratch. --mode=eval evaluates the workdir's latest checkpoint. With no --workdi
 style runs go to /tmp/ca2st_jax/<config name>.
 """
 import os
+import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from ca2st_jax import config_lib
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:variant]).",
                                 lock_config=True)
@@ -69,9 +72,16 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0]]
+    # The message names the field, sometimes followed by a "Did you mean ..." suggestion.
+    names = re.findall(r"[A-Za-z_]\w*", str(e))
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    bad = [o for o in overrides if o.rsplit(".", 1)[-1] in names]
     where = bad[0] if bad else "a --config.* override"
+    key = bad[0].rsplit(".", 1)[-1] if bad else (names[0] if names else str(e))
+    moved = config_lib.MOVED_FIELDS.get(where.removeprefix("--config."))
+    if moved:
+      print(f"error: {where}: no longer a field: set {moved}", file=sys.stderr, flush=True)
+      sys.exit(2)
     print(f"error: {where}: the config has no field {key!r} (see the config file for its fields)",
           file=sys.stderr, flush=True)
     sys.exit(2)

@@ -39,15 +39,14 @@ def get_config(arg=None):
   config.model.update(image_size=32, patch_size=8, adapter_dim=32, bottleneck_dim=32,
                       spectrogram_length=64, num_mel_bins=32)
 
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = config_lib.data_config(
       name='synthetic_av', data_dir='',  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
       synthetic=dict(num_train=1024, num_test=64, num_frames=32, size=48, fps=16),
       train_split='train', eval_split='test',
       eval_batch_size=32, num_workers=1, seed=0,
       sampling='dense', frame_stride=4, crop_scale=(0.6, 1.0), flip=False, randaugment='',
       test_num_clips=2, test_num_crops=1,
-      audio=True, audio_sample_rate=16000, spec_augment=False,
-  ))
+      audio=True, audio_sample_rate=16000, spec_augment=False)
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.train = ml_collections.ConfigDict(dict(

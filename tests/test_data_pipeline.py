@@ -8,7 +8,9 @@ import textwrap
 import ml_collections
 import numpy as np
 import pytest
+import tests_helpers
 
+from ca2st_jax import config_lib
 from ca2st_jax.data import pipeline, synthetic
 
 SPEC = dict(num_train=12, num_test=5, num_frames=16, size=40)
@@ -21,14 +23,14 @@ def data_dir(tmp_path_factory):
   return str(d)
 
 
-def make_config(data_dir, **overrides):
-  d = dict(pipeline.default_config(), data_dir=data_dir, synthetic=SPEC, batch_size=4,
-           eval_batch_size=4, frame_stride=2, test_num_clips=2, test_num_crops=3)
+def make_config(data_dir, batch_size=4, **overrides):
+  d = dict(data_dir=data_dir, synthetic=SPEC, eval_batch_size=4, num_workers=0, frame_stride=2,
+           test_num_clips=2, test_num_crops=3)
   d.update(overrides)
   return ml_collections.ConfigDict(dict(
       model=dict(num_frames=8, tubelet_size=2, image_size=32, num_mel_bins=32,
                  spectrogram_length=48),
-      data=d, train=dict(batch_size=4)))
+      data=config_lib.data_config(**d), train=dict(batch_size=batch_size)))
 
 
 def test_train_batch_layout(data_dir):
@@ -46,6 +48,38 @@ def test_train_batch_layout(data_dir):
   gap = t[:, 1:, 1] - t[:, 1:, 0]                        # frames 2k, 2k+1: ~stride 2 @ 16 fps
   assert ((gap >= 1 / 16 - 1e-6) & (gap <= 3 / 16 + 1e-6)).all()
   assert set(b) == {'video', 'audio', 'audio_times', 'has_audio', 'label'}
+
+
+def test_train_batch_is_config_train_batch_size_split_over_hosts(data_dir, monkeypatch):
+  src = pipeline.make_source(make_config(data_dir, batch_size=6, eval_batch_size=0))
+  assert (src.batch_size, src.eval_batch_size) == (6, 6)          # eval 0: the train batch
+  assert next(src.train_iterator())['video'].shape[0] == 6
+  monkeypatch.setattr(pipeline, '_host', lambda: (1, 2))
+  src = pipeline.make_source(make_config(data_dir, batch_size=6, eval_batch_size=4))
+  assert (src.batch_size, src.eval_batch_size) == (3, 2)
+  with pytest.raises(ValueError, match=r'config.train.batch_size=5 is not divisible by 2 hosts'):
+    pipeline.make_source(make_config(data_dir, batch_size=5))
+
+
+def test_moved_unknown_and_missing_data_fields_are_clear_errors(data_dir):
+  with pytest.raises(ValueError, match=r'config.data.batch_size is no longer read: set '
+                                       r'config.train.batch_size'):
+    config_lib.data_config(batch_size=8)
+  cfg = make_config(data_dir)
+  cfg.data.batch_size = 8                                   # a hand-made or edited config
+  with pytest.raises(ValueError, match=r'config.data.batch_size is no longer read'):
+    pipeline.make_source(cfg)
+  cfg = make_config(data_dir)
+  cfg.eval = dict(batch_size=8)
+  with pytest.raises(ValueError, match=r'config.eval.batch_size is no longer read: set '
+                                       r'config.data.eval_batch_size'):
+    pipeline.clip_options(cfg)
+  with pytest.raises(ValueError, match=r"unknown config.data fields \['frame_strde'\]"):
+    config_lib.data_config(frame_strde=2)
+  cfg = make_config(data_dir)
+  del cfg.data['sampling']
+  with pytest.raises(ValueError, match=r"config.data lacks fields \['sampling'\]"):
+    pipeline.clip_options(cfg)
 
 
 def test_video_only_config_omits_audio(data_dir):
@@ -143,8 +177,8 @@ def test_missing_audio_gives_silence_and_flag_and_audio_only_gives_zero_video():
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from ca2st_jax.data import decode  # pylint: disable=g-import-not-at-top
   jpeg = decode.encode_jpeg(Image.fromarray(np.full((24, 32, 3), 90, np.uint8)))
-  opts = pipeline.ClipOptions(num_frames=4, crop_size=16, eval_short_side=16, num_mel_bins=8,
-                              spectrogram_length=20, frame_stride=1)
+  opts = tests_helpers.clip_options(num_frames=4, crop_size=16, eval_short_side=16,
+                                    num_mel_bins=8, spectrogram_length=20, frame_stride=1)
   no_audio = dict(frames=[jpeg] * 6, fps=np.float32(6), audio=np.zeros(0, np.int16),
                   audio_rate=0, has_audio=False, label=3)
   out = pipeline.train_clip(no_audio, np.random.default_rng(0), opts)
@@ -179,6 +213,40 @@ def test_ek100_verb_noun_batches_with_tsn(tmp_path):
   assert src.num_classes() == {'verb': 97, 'noun': 300}
   ev = list(src.eval_iterator())
   assert sum(int(e['mask'].sum()) for e in ev) == 3 * 6
+
+
+def test_activitynet_tsn_segments_span_the_untrimmed_video_with_audio(tmp_path):
+  import test_data_builders as tb  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import builders  # pylint: disable=g-import-not-at-top
+  raw = tmp_path / 'raw'
+  db = {'database': {
+      'abc': {'subset': 'training', 'duration': 8.0,
+              'annotations': [{'segment': [2.0, 3.0], 'label': 'Cooking'}]},
+      'def': {'subset': 'validation', 'duration': 8.0,
+              'annotations': [{'segment': [5.0, 6.0], 'label': 'Archery'}]}}}
+  raw.mkdir()
+  (raw / 'activity_net.v1-3.min.json').write_text(json.dumps(db))
+  for vid in db['database']:
+    tb._video(raw / f'v_{vid}.mp4', n=64, fps=8)                # 8 s, with a tone
+  b = tb._build(builders.Activitynet, raw, tmp_path, fps=8.0)
+  assert len(pipeline.open_split(str(b.data_dir), 'train')[0][0]['frames']) == 64
+  cfg = tests_helpers.load_config('ca2st_activitynet', 'tiny')
+  cfg.data.update(dataset_dir=str(b.data_dir), num_workers=0, eval_batch_size=6)
+  cfg.train.batch_size = 1
+  src = pipeline.make_source(cfg)
+  assert src.num_classes() == {'label': 2}
+  batch = next(src.train_iterator())
+  assert batch['video'].shape == (1, 8, 32, 32, 3) and batch['audio'].shape == (1, 64, 32)
+  assert batch['has_audio'].all() and batch['label'].tolist() == [1]
+  # 8 frames, one in each eighth of the 8 s video (not a window of it): frame 2k and 2k + 1
+  # of the clip lie in seconds [2k, 2k + 1) and [2k + 1, 2k + 2).
+  np.testing.assert_array_equal(np.floor(batch['audio_times'][0, 1:]),
+                                [[0, 1], [2, 3], [4, 5], [6, 7]])
+  views = next(iter(src.eval_iterator()))                     # 2 clips x 3 crops of 'def'
+  assert views['mask'].all() and views['label'].tolist() == [0] * 6
+  np.testing.assert_allclose(views['audio_times'][0, 1:], [[0, 1], [2, 3], [4, 5], [6, 7]])
+  np.testing.assert_allclose(views['audio_times'][3, 1:],     # clip 1: half a segment later
+                             [[0.5, 1.5], [2.5, 3.5], [4.5, 5.5], [6.5, 7.5]])
 
 
 def test_train_hosts_read_disjoint_examples(data_dir):

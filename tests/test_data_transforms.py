@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ca2st_jax import config_lib
 from ca2st_jax.data import pipeline, transforms
 
 
@@ -63,7 +64,8 @@ def _flipped_count(flip, seeds=40):
 def test_flip_happens_and_is_off_for_ssv2():
   assert 5 < _flipped_count(True) < 35
   assert _flipped_count(False) == 0
-  mk = lambda name: ml_collections.ConfigDict(dict(data=dict(name=name), model=dict()))
+  mk = lambda name: ml_collections.ConfigDict(dict(
+      data=config_lib.data_config(name=name), model=config_lib.model_config('cast')))
   assert pipeline.clip_options(mk('ssv2')).flip is False
   assert pipeline.clip_options(mk('kinetics400')).flip is True
 

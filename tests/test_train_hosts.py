@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
+from ca2st_jax import config_lib
 from ca2st_jax.data import pipeline, synthetic
 from ca2st_jax.train import report
 from ca2st_jax.train import workdir as workdir_lib
@@ -24,7 +25,7 @@ def train_split(tmp_path_factory):
   cfg = ml_collections.ConfigDict(dict(
       model=dict(num_frames=8, tubelet_size=2, image_size=32, num_mel_bins=32,
                  spectrogram_length=48),
-      data=dict(pipeline.default_config(), frame_stride=2, randaugment="rand-m7-n2-mstd0.5-inc1"),
+      data=config_lib.data_config(frame_stride=2, randaugment="rand-m7-n2-mstd0.5-inc1"),
       train=dict(batch_size=4)))
   src, info = pipeline.open_split(ds_dir, "train")
   return src, pipeline.clip_options(cfg, info)
@@ -87,6 +88,15 @@ def test_gs_workdir_files_go_to_the_bucket(fake_gcs):
   other.model.width = 64
   with pytest.raises(ValueError, match="config.model.width"):
     workdir_lib.check_config(other, wd)
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.data.synthetic = dict(num_train=8)
+  with pytest.raises(ValueError, match="config.data.synthetic"):
+    workdir_lib.check_config(other, wd)
+  # A workdir of a real data set written before config.data.synthetic existed resumes.
+  k400 = ml_collections.ConfigDict(dict(model=dict(width=32), data=dict(name="kinetics400")))
+  workdir_lib.write_config(k400, "gs://bucket/k400")
+  k400.data.synthetic = {}
+  workdir_lib.check_config(k400, "gs://bucket/k400")
 
   w = writer_lib.MetricWriter(wd)
   w.write(1, "train", {"loss": 2.0})

@@ -19,7 +19,7 @@ STEPS = 6
 def _source(cfg, **kw):
   train, ev = toy.data(**kw)
   return input_lib.InMemorySource(train, ev, global_batch=cfg.train.batch_size,
-                                  eval_batch_size=cfg.eval.batch_size)
+                                  eval_batch_size=cfg.data.eval_batch_size)
 
 
 def _params(workdir, cfg):

@@ -11,3 +11,14 @@ def load_config(name, arg=None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def clip_options(**fields):
+  """ca2st_jax.data.pipeline.ClipOptions of the default config.data and model, `fields` replaced."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from ca2st_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(dict(model=config_lib.model_config('cast'),
+                                          data=config_lib.data_config()))
+  return dataclasses.replace(pipeline.clip_options(config), **fields)

@@ -9,7 +9,7 @@ slice). The iterator's `get_state()`/`set_state()` resumes at the next unseen ba
 Eval: every (video, clip, crop) view, deterministic, padded to whole batches on every host
 (`mask` False on padding), with `video_index` to average the views of one video.
 
-Batch layout (CONTRACTS.md):
+Batch layout (what the trainer and models read):
   video        uint8   [B, F, H, W, 3]  RGB, not normalised (normalize_video runs on device)
   audio        float32 [B, T, M]        normalised Kaldi fbank (audio datasets only)
   audio_times  float32 [B, 1 + F // tubelet, 2]
@@ -31,16 +31,16 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any
 
 import grain
 import numpy as np
 
+from ca2st_jax import config_lib
 from ca2st_jax.data import audio as audio_lib
 from ca2st_jax.data import decode, sampling, transforms
 
 LABEL_KEYS = ('label', 'verb', 'noun')
-AUTO_WORKERS = -1         # config.data.num_workers: one Grain worker per core (see below)
+AUTO_WORKERS = config_lib.AUTO_WORKERS  # config.data.num_workers: one Grain worker per core
 MAX_AUTO_WORKERS = 32     # each worker is a process with its own buffers: bound the memory
 
 
@@ -64,29 +64,29 @@ def resolve_num_workers(num_workers: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
-  """Everything the per-clip functions need (picklable; built from the config)."""
-  num_frames: int = 16
-  tubelet: int = 2
-  sampling: str = 'dense'            # 'dense' (K400) | 'tsn' (SSv2, EK100)
-  frame_stride: int = 4
-  crop_size: int = 224
-  scale: tuple = (0.08, 1.0)
-  ratio: tuple = (3 / 4, 4 / 3)
-  flip: bool = True
-  randaugment: str = 'rand-m7-n4-mstd0.5-inc1'
-  randaugment_after_crop: bool = False
-  interpolation: str = 'bicubic'
-  eval_short_side: int = 224
-  num_clips: int = 2
-  num_crops: int = 3
-  with_audio: bool = True
-  audio_rate: int = 16000
-  num_mel_bins: int = 128
-  spectrogram_length: int = 1024
-  spec_augment: bool = True
-  time_mask: int = 70
-  freq_mask: int = 20
-  labels: tuple = ('label',)
+  """Everything the per-clip functions need (picklable), built from the config by clip_options()."""
+  num_frames: int
+  tubelet: int
+  sampling: str                      # 'dense' (K400) | 'tsn' (SSv2, EK100, ActivityNet)
+  frame_stride: int
+  crop_size: int
+  scale: tuple
+  ratio: tuple
+  flip: bool
+  randaugment: str
+  randaugment_after_crop: bool
+  interpolation: str
+  eval_short_side: int
+  num_clips: int
+  num_crops: int
+  with_audio: bool
+  audio_rate: int
+  num_mel_bins: int
+  spectrogram_length: int
+  spec_augment: bool
+  time_mask: int
+  freq_mask: int
+  labels: tuple
 
 
 def _frame_indices(n, opts: ClipOptions, rng=None, clip_index=0, num_clips=1):
@@ -169,31 +169,20 @@ def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
 
 # ----------------------------------------------------------------------------- sources
 
-def _cfg_get(cfg, key, default):
-  if cfg is None:
-    return default
-  try:
-    v = cfg.get(key, default)
-  except AttributeError:
-    v = getattr(cfg, key, default)
-  return default if v is None else v
-
-
 def dataset_dir(config) -> str:
   """The prepared TFDS directory for config.data (building the synthetic set when asked)."""
-  d = config.data
-  if _cfg_get(d, 'dataset_dir', ''):
+  d = _checked_data(config)
+  if d.dataset_dir:
     return d.dataset_dir
-  data_dir = _cfg_get(d, 'data_dir', '') or os.environ.get(
+  data_dir = d.data_dir or os.environ.get(
       'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-  name = _cfg_get(d, 'name', 'synthetic_av')
-  if name == 'synthetic_av':
+  if d.name == 'synthetic_av':
     from ca2st_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    spec = synthetic.SyntheticSpec(**dict(_cfg_get(d, 'synthetic', {}) or {}))
+    spec = synthetic.SyntheticSpec(**dict(d.synthetic))
     return synthetic.prepare(os.path.join(data_dir, 'synthetic_av'), spec)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from ca2st_jax.data import builders  # pylint: disable=g-import-not-at-top,unused-import
-  cfg_name = _cfg_get(d, 'builder_config', '')
+  name, cfg_name = d.name, d.builder_config
   b = tfds.builder(f'{name}/{cfg_name}' if cfg_name else name, data_dir=data_dir)
   return os.fspath(b.data_dir)
 
@@ -205,32 +194,42 @@ def open_split(ds_dir: str, split: str):
   return builder.as_data_source(split=split), builder.info
 
 
+def _checked_data(config):
+  """config.data, after config_lib.check_fields (unknown, missing and moved fields are errors)."""
+  config_lib.check_fields(config)
+  return config.data
+
+
 def clip_options(config, info=None) -> ClipOptions:
-  d, m = config.data, config.get('model', None)
+  """The one place config.data (and the model's input shape) become ClipOptions.
+
+  `info` (the split's tfds DatasetInfo) says which label keys the examples carry.
+  """
+  d, m = _checked_data(config), config.model
   labels = tuple(k for k in LABEL_KEYS if info is not None and k in info.features) or ('label',)
   return ClipOptions(
-      num_frames=int(_cfg_get(m, 'num_frames', 16)),
-      tubelet=int(_cfg_get(m, 'tubelet_size', 2)),
-      sampling=_cfg_get(d, 'sampling', 'dense'),
-      frame_stride=int(_cfg_get(d, 'frame_stride', 4)),
-      crop_size=int(_cfg_get(d, 'crop_size', 0) or _cfg_get(m, 'image_size', 224)),
-      scale=tuple(_cfg_get(d, 'crop_scale', (0.08, 1.0))),
-      ratio=tuple(_cfg_get(d, 'crop_ratio', (3 / 4, 4 / 3))),
+      num_frames=int(m.num_frames),
+      tubelet=int(m.tubelet_size),
+      sampling=d.sampling,
+      frame_stride=int(d.frame_stride),
+      crop_size=int(d.crop_size or m.image_size),
+      scale=tuple(d.crop_scale),
+      ratio=tuple(d.crop_ratio),
       # The reference never flips Something-Something (left/right is part of the label).
-      flip=bool(_cfg_get(d, 'flip', True)) and _cfg_get(d, 'name', '') != 'ssv2',
-      randaugment=_cfg_get(d, 'randaugment', 'rand-m7-n4-mstd0.5-inc1'),
-      randaugment_after_crop=bool(_cfg_get(d, 'randaugment_after_crop', False)),
-      interpolation=_cfg_get(d, 'interpolation', 'bicubic'),
-      eval_short_side=int(_cfg_get(d, 'eval_short_side', 0) or _cfg_get(m, 'image_size', 224)),
-      num_clips=int(_cfg_get(d, 'test_num_clips', 2)),
-      num_crops=int(_cfg_get(d, 'test_num_crops', 3)),
-      with_audio=bool(_cfg_get(d, 'audio', True)),
-      audio_rate=int(_cfg_get(d, 'audio_sample_rate', 16000)),
-      num_mel_bins=int(_cfg_get(m, 'num_mel_bins', 128)),
-      spectrogram_length=int(_cfg_get(m, 'spectrogram_length', 1024)),
-      spec_augment=bool(_cfg_get(d, 'spec_augment', True)),
-      time_mask=int(_cfg_get(d, 'time_mask', 70)),
-      freq_mask=int(_cfg_get(d, 'freq_mask', 20)),
+      flip=bool(d.flip) and d.name != 'ssv2',
+      randaugment=d.randaugment,
+      randaugment_after_crop=bool(d.randaugment_after_crop),
+      interpolation=d.interpolation,
+      eval_short_side=int(d.eval_short_side or m.image_size),
+      num_clips=int(d.test_num_clips),
+      num_crops=int(d.test_num_crops),
+      with_audio=bool(d.audio),
+      audio_rate=int(d.audio_sample_rate),
+      num_mel_bins=int(m.num_mel_bins),
+      spectrogram_length=int(m.spectrogram_length),
+      spec_augment=bool(d.spec_augment),
+      time_mask=int(d.time_mask),
+      freq_mask=int(d.freq_mask),
       labels=labels)
 
 
@@ -321,23 +320,24 @@ class Source:
   """What the trainer consumes (ca2st_jax.train.input): train_iterator(), eval_iterator()."""
 
   def __init__(self, config):
-    self.config = config
-    d = config.data
+    d = _checked_data(config)
     self.dir = dataset_dir(config)
-    self.train_split = _cfg_get(d, 'train_split', 'train')
-    self.eval_split = _cfg_get(d, 'eval_split', 'test')
+    self.train_split, self.eval_split = d.train_split, d.eval_split
     self._train_src, self.info = open_split(self.dir, self.train_split)
     self.opts = clip_options(config, self.info)
     self.num_train_examples = len(self._train_src)
     self.host_index, self.host_count = _host()
-    global_batch = int(_cfg_get(d, 'batch_size', 0) or config.train.batch_size)
-    if global_batch % self.host_count:
-      raise ValueError(f'global batch {global_batch} not divisible by {self.host_count} hosts')
+    # The trainer's global batch: the one the learning rate is scaled for.
+    global_batch = int(config.train.batch_size)
+    eval_global = int(d.eval_batch_size or global_batch)
+    for field, size in (('train.batch_size', global_batch), ('data.eval_batch_size', eval_global)):
+      if size % self.host_count:
+        raise ValueError(f'config.{field}={size} is not divisible by {self.host_count} hosts')
     self.batch_size = global_batch // self.host_count
-    eval_global = int(_cfg_get(d, 'eval_batch_size', 0) or global_batch)
     self.eval_batch_size = eval_global // self.host_count
-    self.num_workers = resolve_num_workers(_cfg_get(d, 'num_workers', 0))
-    self.seed = int(_cfg_get(d, 'seed', 0))
+    self.num_workers = resolve_num_workers(d.num_workers)
+    self.seed = int(d.seed)
+    self.prefetch = int(d.prefetch)
 
   def num_classes(self) -> dict[str, int]:
     return {k: self.info.features[k].num_classes for k in self.opts.labels}
@@ -346,7 +346,7 @@ class Source:
     ds = train_dataset(self._train_src, self.opts, batch_size=self.batch_size, seed=self.seed,
                        num_workers=self.num_workers, host_index=self.host_index,
                        host_count=self.host_count,
-                       prefetch=int(_cfg_get(self.config.data, 'prefetch', 2)))
+                       prefetch=self.prefetch)
     return iter(ds)
 
   def eval_iterator(self, num_clips=None, num_crops=None):
@@ -361,15 +361,3 @@ class Source:
 
 def make_source(config) -> Source:
   return Source(config)
-
-
-def default_config() -> dict[str, Any]:
-  """The config.data fields and their defaults (the recipe of SPEC §9 for K400)."""
-  return dict(
-      name='synthetic_av', data_dir='', dataset_dir='', builder_config='',
-      train_split='train', eval_split='test',
-      batch_size=0, eval_batch_size=0, num_workers=0, prefetch=2, seed=0,
-      sampling='dense', frame_stride=4, crop_size=0, crop_scale=(0.08, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), flip=True, randaugment='rand-m7-n4-mstd0.5-inc1',
-      randaugment_after_crop=False, interpolation='bicubic', eval_short_side=0, test_num_clips=2, test_num_crops=3,
-      audio=True, audio_sample_rate=16000, spec_augment=True, time_mask=70, freq_mask=20)

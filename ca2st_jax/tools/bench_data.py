@@ -25,6 +25,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from ca2st_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'config file (optional)',
                                           lock_config=False)
 _JSON = flags.DEFINE_bool('json', False, 'print one JSON line')
@@ -40,12 +42,10 @@ BENCH_SYNTHETIC = dict(num_train=16, num_test=4, num_frames=64, size=256, width=
 
 
 def default_config() -> ml_collections.ConfigDict:
-  from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return ml_collections.ConfigDict(dict(
       model=dict(num_frames=16, tubelet_size=2, image_size=224, num_mel_bins=128,
                  spectrogram_length=1024),
-      data=dict(pipeline.default_config(), synthetic=BENCH_SYNTHETIC, batch_size=8,
-                eval_batch_size=6),
+      data=config_lib.data_config(synthetic=BENCH_SYNTHETIC, eval_batch_size=6, num_workers=0),
       train=dict(batch_size=8)))
 
 
@@ -134,11 +134,11 @@ def use_synthetic_if_unprepared(config) -> str | None:
   """
   from ca2st_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
-  if d.get('name', 'synthetic_av') == 'synthetic_av':
-    if not d.get('synthetic'):
+  if d.name == 'synthetic_av':
+    if not d.synthetic:
       d.synthetic = BENCH_SYNTHETIC
     return None
-  if d.get('dataset_dir'):
+  if d.dataset_dir:
     return None  # named explicitly: a wrong path must fail, not be replaced
   looked = pipeline.dataset_dir(config)
   if os.path.exists(os.path.join(looked, 'dataset_info.json')):
@@ -151,9 +151,9 @@ def use_synthetic_if_unprepared(config) -> str | None:
 def main(argv):
   del argv
   config = _CONFIG.value if _CONFIG.value is not None else default_config()
-  if not config.data.get('data_dir'):
+  if not config.data.data_dir:
     config.data.data_dir = _DATA_DIR.value
-  name = config.data.get('name', 'synthetic_av')
+  name = config.data.name
   looked = use_synthetic_if_unprepared(config)
   if looked:
     print(f'no prepared {name} data set at {looked}: timing the synthetic stand-in with '

@@ -61,7 +61,7 @@ def peak_tflops(device_kind: str):
 
 
 def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
-  """A host batch of the shapes and dtypes the input pipeline yields (CONTRACTS.md "Batch")."""
+  """A host batch of the shapes and dtypes the input pipeline yields (ca2st_jax.data.pipeline, "Batch layout")."""
   rng = np.random.default_rng(seed)
   size, frames = model_cfg.image_size, model_cfg.num_frames
   out = {'video': rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)}

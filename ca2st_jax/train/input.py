@@ -1,10 +1,10 @@
 """What the trainer needs from an input pipeline, and an in-memory source for tests.
 
 A source has `num_train_examples` (or None), `train_iterator()` (an infinite iterator of per-host batch
-dicts, see CONTRACTS.md "Batch"; if it has `get_state()`/`set_state()` — Grain's DatasetIterator does —
+dicts, see "Batch layout" in ca2st_jax/data/pipeline.py; if it has `get_state()`/`set_state()` — Grain's DatasetIterator does —
 its position is checkpointed, else the trainer re-skips `step` batches on resume) and
 `eval_iterator()` (a finite iterable of per-host eval batches with 'video_index' and 'mask').
-`source_from_config` builds the real one from `ca2st_jax.data` (the data helper's Grain pipelines).
+`source_from_config` builds the real one: `ca2st_jax.data.pipeline.make_source` (Grain pipelines).
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ def identity(config_dict: dict) -> dict:
   """The part of a (JSON) config that must match for a workdir to be resumed."""
   model = {k: v for k, v in config_dict.get("model", {}).items() if k not in MODEL_FIELDS_FREE}
   data = {k: v for k, v in config_dict.get("data", {}).items() if k in DATA_IDENTITY_FIELDS}
+  if data.get("name") != "synthetic_av":  # its spec names only the synthetic set (and workdirs
+    data.pop("synthetic", None)           # written before it was a field of every config lack it)
   return {"model": model, "data": data}
 
 
