@@ -404,7 +404,8 @@ def predict(config, model, names, paths, options: Options, log=sys.stderr):
     probs = file_item.mean(file_item.probs)
     if not isinstance(names, dict) or set(names) != set(probs) or any(
         len(names[k]) != len(v) for k, v in probs.items()):
-      names = check_labels(names, {k: len(v) for k, v in probs.items()}, 'class names')
+      names = check_labels(names, {k: len(v) for k, v in probs.items()},
+                           'the class names (--labels=FILE, or the labels file of the checkpoint)')
     rec = {'path': decoded.path, 'duration_s': round(decoded.duration, 4),
            'start_time_s': round(decoded.start_time, 4), 'has_audio': decoded.has_audio,
            'num_views': file_item.count, **predictions(probs, names, options.top_k)}

@@ -254,3 +254,35 @@ def test_demo_ends_with_a_predict_command_on_its_own_clip(tmp_path):
                      + clip)
   assert os.path.exists(clip)
   assert load_config('demo').post.predict_command
+
+
+def test_compositional_records_have_verb_noun_and_action():
+  verb, noun = np.array([0.1, 0.7, 0.2]), np.array([0.5, 0.1, 0.4])
+  names = {'verb': ['take', 'put', 'open'], 'noun': ['cup', 'door', 'knife']}
+  rec = predict.predictions({'verb': verb, 'noun': noun}, names, 2)
+  assert set(rec) == {'verb', 'noun', 'action'}
+  assert rec['verb'] == [{'label': 'put', 'index': 1, 'prob': 0.7},
+                         {'label': 'open', 'index': 2, 'prob': 0.2}]
+  assert rec['noun'] == [{'label': 'cup', 'index': 0, 'prob': 0.5},
+                         {'label': 'knife', 'index': 2, 'prob': 0.4}]
+  assert [a['label'] for a in rec['action']] == ['put cup', 'put knife']
+  assert rec['action'][0]['verb_index'] == 1 and rec['action'][0]['noun_index'] == 0
+  assert abs(rec['action'][0]['prob'] - 0.35) < 1e-12 and abs(rec['action'][1]['prob'] - 0.28) < 1e-12
+
+
+def test_class_names_are_checked_against_the_model(tmp_path):
+  assert predict.check_labels(None, {'label': 3}, 'x') == {'label': ['0', '1', '2']}
+  with pytest.raises(ValueError, match=r"labels.txt: 2 class names for 'label', the model has 3"):
+    predict.check_labels({'label': ['a', 'b']}, {'label': 3}, 'labels.txt')
+  with pytest.raises(ValueError, match="no class names for the model head 'verb'"):
+    predict.check_labels({'label': ['a']}, {'verb': 1, 'noun': 1}, 'labels.json')
+  (tmp_path / 'classes.txt').write_text('a\nb\n\nc\n')
+  assert labels_lib.read(tmp_path / 'classes.txt') == {'label': ['a', 'b', 'c']}
+  (tmp_path / 'bad.json').write_text('["a", "b"]')
+  with pytest.raises(ValueError, match='bad.json'):
+    labels_lib.read(tmp_path / 'bad.json')
+  export = tmp_path / 'm.pth'
+  export.write_bytes(b'')
+  assert labels_lib.find(export) is None
+  labels_lib.write(labels_lib.beside(export), {'label': ['a']})
+  assert labels_lib.find(export) == str(tmp_path / 'm.labels.json')
