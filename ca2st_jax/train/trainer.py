@@ -256,7 +256,7 @@ def model_differences(config, workdir) -> list[str]:
 
 def restore_model(config, workdir, *, best=False, setup=None):
   """(model, the checkpoint's meta) at the latest checkpoint of a training workdir (`best`: the
-  one in workdir/best), through the trainer"s own restore.
+  one in workdir/best), through the trainer's checkpointer (what export_torch and predict load).
 
   Only parameters are needed, so the non-parameter state (RNG streams) stays abstract and
   nothing is initialised, unless the checkpoint lacks the frozen experts (save_frozen=False):
@@ -279,7 +279,7 @@ def restore_model(config, workdir, *, best=False, setup=None):
           f"{where} step {step} does not hold the model of --config "
           f"({type(e).__name__}: {str(e)[:300]})" +
           (":\n  " + "\n  ".join(diffs) if diffs else "") +
-          "\nExport it with the config that trained it (see its config.json).") from e
+          "\nUse the config that trained it (see its config.json).") from e
     if frozen is None:
       state0, frozen0, rest0 = setup.init_fn()
       _, frozen = import_init(config, setup, state0, frozen0, rest0)
