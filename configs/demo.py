@@ -12,6 +12,8 @@ averaging), and leaves in the workdir:
   model_torch.pt  the trained model as a PyTorch state_dict in the reference layout (if torch is
                   installed and the exporter is present)
   ckpt/, best/, tb/  Orbax checkpoints and TensorBoard events.
+  labels.json     the class names (model_torch.labels.json beside the export)
+and ends by printing a ready `python -m ca2st_jax.predict` command on one of its test clips.
 Re-evaluate the finished run:  ... --mode=eval
 
 Measured on this project's 2-core CPU machine from an empty data dir (the one-off build of the
@@ -60,5 +62,5 @@ def get_config(arg=None):
   ))
   config.eval = ml_collections.ConfigDict(dict(best_metric='top1', with_map=False))
   config.ckpt = ml_collections.ConfigDict(dict(keep=2, save_frozen=True))
-  config.post = ml_collections.ConfigDict(dict(report=True, export_torch=True))
+  config.post = ml_collections.ConfigDict(dict(report=True, export_torch=True, predict_command=True))
   return config

@@ -180,6 +180,27 @@ def video_info(path: str) -> tuple[float, float]:
   return fps, dur
 
 
+@dataclasses.dataclass
+class StreamInfo:
+  """What a caller needs before decoding: the first video stream's frame size and the start times
+  (seconds on the container's clock) of the video and audio streams (None: no audio stream)."""
+  width: int
+  height: int
+  video_start: float
+  audio_start: float | None
+
+
+def probe(path: str) -> StreamInfo:
+  """The file's StreamInfo from its headers (raises DecodeError without a video stream)."""
+  with _open(path) as c:
+    if not c.streams.video:
+      raise DecodeError(f'no video stream in {path}')
+    v = c.streams.video[0]
+    a = c.streams.audio[0] if c.streams.audio else None
+    return StreamInfo(int(v.codec_context.width or 0), int(v.codec_context.height or 0),
+                      _stream_t0(v), None if a is None else _stream_t0(a))
+
+
 def constant_rate(times: np.ndarray, header_fps: float, fps: float = 0.0,
                   end: float | None = None) -> tuple[np.ndarray, float]:
   """(index of the source frame to store at each k / rate, rate) for frames shown at `times`.

@@ -342,6 +342,10 @@ class Source:
   def num_classes(self) -> dict[str, int]:
     return {k: self.info.features[k].num_classes for k in self.opts.labels}
 
+  def class_names(self) -> dict[str, list[str]]:
+    """{head: class names}, index = label (the builder's names, recorded beside checkpoints)."""
+    return {k: list(self.info.features[k].names) for k in self.opts.labels}
+
   def train_iterator(self):
     ds = train_dataset(self._train_src, self.opts, batch_size=self.batch_size, seed=self.seed,
                        num_workers=self.num_workers, host_index=self.host_index,

@@ -119,15 +119,25 @@ class SyntheticAv(vggsound.Vggsound):
                                              description='frames stored at their size')]
 
 
-def prepare(data_dir, spec: SyntheticSpec = SyntheticSpec(), config=None) -> str:
-  """Writes (once) and builds (once) the synthetic set under data_dir; returns the TFDS dir."""
-  data_dir = pathlib.Path(data_dir)
+def _tag(spec: SyntheticSpec) -> str:
   tag = (f'n{spec.num_train}-{spec.num_test}_t{spec.num_frames}_s{spec.size}_seed{spec.seed}'
          f'_v{spec.render_version}')
   if spec.width:
     tag += f'_w{spec.width}'
   if spec.corrupt or spec.no_audio or spec.missing:
     tag += f'_bad{spec.corrupt}{spec.no_audio}{spec.missing}'
-  raw = write_raw(data_dir / 'raw' / tag, spec)
+  return tag
+
+
+def raw_dir(data_dir, spec: SyntheticSpec = SyntheticSpec()) -> pathlib.Path:
+  """Where `prepare(data_dir, spec)` writes the raw files (vggsound.csv, clips/*.mp4)."""
+  return pathlib.Path(data_dir) / 'raw' / _tag(spec)
+
+
+def prepare(data_dir, spec: SyntheticSpec = SyntheticSpec(), config=None) -> str:
+  """Writes (once) and builds (once) the synthetic set under data_dir; returns the TFDS dir."""
+  data_dir = pathlib.Path(data_dir)
+  tag = _tag(spec)
+  raw = write_raw(raw_dir(data_dir, spec), spec)
   builder = base.build(SyntheticAv, raw, data_dir / tag, config, num_workers=1)
   return os.fspath(builder.data_dir)

@@ -14,7 +14,6 @@ authors' code.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import OrderedDict
@@ -66,56 +65,13 @@ def shared_groups(model, model_config) -> dict[str, list[str]]:
   return out
 
 
-def _model_differences(config, workdir) -> list[str]:
-  """config.model fields that differ from the workdir's config.json (empty when it has none)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    saved = json.load(f).get('model', {})
-  current = json.loads(config.model.to_json_best_effort())
-  return [f'config.model.{k}: workdir has {saved.get(k)!r}, --config {current.get(k)!r}'
-          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-
-
 def model_from_workdir(config, workdir, setup=None):
-  """The model at the latest checkpoint of a training workdir (the trainer's own restore).
-
-  Only parameters are needed, so the non-parameter state (RNG streams) stays abstract and
-  nothing is initialised, unless the checkpoint lacks the frozen experts (save_frozen=False):
-  then they are rebuilt as training started them (fresh init + config.init imports).
-  """
-  from etils import epath  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+  """The model at the latest checkpoint of a training workdir (the trainer's own restore)."""
   try:
     from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise RuntimeError(f'--workdir needs ca2st_jax.train.trainer: {e}') from e
-  if not (epath.Path(workdir) / 'ckpt').is_dir():
-    raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
-  setup = setup or trainer.build_setup(config)
-  ckpt = trainer.checkpointer(config, workdir, setup)
-  try:
-    step = ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir}/ckpt')
-    try:
-      restored, frozen, _, _ = ckpt.restore(step)
-    except Exception as e:  # Orbax/TensorStore say it in their own terms (KeyError, ValueError)
-      diffs = _model_differences(config, workdir)
-      raise ValueError(
-          f'{workdir}/ckpt step {step} does not hold the model of --config '
-          f'({type(e).__name__}: {str(e)[:300]})' +
-          (':\n  ' + '\n  '.join(diffs) if diffs else '') +
-          '\nExport it with the config that trained it (see its config.json).') from e
-    if frozen is None:
-      state0, frozen0, rest0 = setup.init_fn()
-      _, frozen = trainer.import_init(config, setup, state0, frozen0, rest0)
-  finally:
-    ckpt.close()
-  model = nnx.merge(setup.graphdef, restored['params'], frozen, setup.abstract_rest)
-  print(f'restored {workdir}/ckpt step {step}', flush=True)
-  return model
+  return trainer.restore_model(config, workdir, setup=setup)[0]
 
 
 def fresh_model(config):
@@ -140,7 +96,19 @@ def export(config, output, workdir=None, dtype='float32', setup=None) -> Ordered
   model = model_from_workdir(config, workdir, setup) if workdir else fresh_model(config)
   arrays = export_arrays(model, config.model)
   torch_io.write_tensors(output, arrays, dtype=dtype, shared=shared_groups(model, config.model))
+  if workdir:
+    write_labels_beside(output, workdir)
   return arrays
+
+
+def write_labels_beside(output, workdir):
+  """Copies the workdir's class names next to the export (`model.pth` -> `model.labels.json`),
+  where `ca2st_jax.predict` finds them; a workdir without them (a run before they were recorded,
+  an in-memory source) gets none."""
+  from ca2st_jax.checkpoints import labels  # pylint: disable=import-outside-toplevel
+  found = labels.find(workdir)
+  if found:
+    print(f'wrote {labels.write(labels.beside(output), labels.read(found))}', flush=True)
 
 
 def main(argv):

@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 from etils import epath
 
+from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.train.writer import read_metrics
 
 
@@ -92,8 +93,30 @@ def export_torch(config, workdir, config_args=()):
       print(f"PyTorch export failed ({' '.join(cmd)}):\n{r.stderr[-2000:]}", flush=True)
       return None
     out.write_bytes(epath.Path(local).read_bytes())
+    local_labels = epath.Path(labels_lib.beside(local))
+    if local_labels.exists():  # the class names, where ca2st_jax.predict looks for them
+      epath.Path(labels_lib.beside(out)).write_text(local_labels.read_text())
   print(f"PyTorch export: {out}", flush=True)
   return str(out)
+
+
+def predict_command(config, workdir, config_args=()) -> str | None:
+  """A ready `python -m ca2st_jax.predict` command on one of the run's own synthetic test clips
+  (None for other data sets, or when the clips are not there)."""
+  d = config.data
+  if d.get("name", "") != "synthetic_av":
+    return None
+  from ca2st_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  # Where ca2st_jax.data.pipeline.dataset_dir puts the synthetic set.
+  data_dir = d.get("data_dir", "") or os.environ.get(
+      "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  spec = synthetic.SyntheticSpec(**dict(d.get("synthetic", {}) or {}))
+  clips = sorted((synthetic.raw_dir(os.path.join(data_dir, "synthetic_av"), spec) / "clips")
+                 .glob("syntest*.mp4"))
+  if not clips:
+    return None
+  return " ".join(["python -m ca2st_jax.predict", *config_args, f"--checkpoint={workdir}",
+                   str(clips[0])])
 
 
 def run_post(config, workdir, config_args=()):
@@ -102,3 +125,7 @@ def run_post(config, workdir, config_args=()):
     print(f"report: {write_report(config, workdir)}", flush=True)
   if post.get("export_torch", False):
     export_torch(config, workdir, config_args)
+  if post.get("predict_command", False):
+    command = predict_command(config, workdir, config_args)
+    if command:
+      print(f"Predict on one of its clips:\n  {command}", flush=True)

@@ -16,6 +16,8 @@ The pieces live beside it: losses (mixup, soft targets), evaluate (the eval pass
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import signal
 import threading
 import time
@@ -30,6 +32,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import evaluate as evaluate_lib
 from ca2st_jax.train import input as input_lib
@@ -241,6 +244,54 @@ def import_init(config, setup: Setup, state, frozen, rest):
   return dict(state, params=params), frozen  # Adam moments start at zero either way
 
 
+def model_differences(config, workdir) -> list[str]:
+  """config.model fields that differ from the workdir's config.json (empty when it has none)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f).get("model", {})
+  current = json.loads(config.model.to_json_best_effort())
+  return [f"config.model.{k}: workdir has {saved.get(k)!r}, --config {current.get(k)!r}"
+          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
+def restore_model(config, workdir, *, best=False, setup=None):
+  """(model, the checkpoint's meta) at the latest checkpoint of a training workdir (`best`: the
+  one in workdir/best), through the trainer's checkpointer (what export_torch and predict load).
+
+  Only parameters are needed, so the non-parameter state (RNG streams) stays abstract and
+  nothing is initialised, unless the checkpoint lacks the frozen experts (save_frozen=False):
+  then they are rebuilt as training started them (fresh init + config.init imports).
+  """
+  where = epath.Path(workdir) / ("best" if best else "ckpt")
+  if not where.is_dir():
+    raise FileNotFoundError(f"no checkpoint in {where}")
+  setup = setup or build_setup(config)
+  ckpt = checkpointer(config, workdir, setup)
+  try:
+    step = (ckpt.best if best else ckpt.latest).latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {where}")
+    try:
+      restored, frozen, _, meta = ckpt.restore(step, best=best)
+    except Exception as e:  # Orbax/TensorStore say it in their own terms (KeyError, ValueError)
+      diffs = model_differences(config, workdir)
+      raise ValueError(
+          f"{where} step {step} does not hold the model of --config "
+          f"({type(e).__name__}: {str(e)[:300]})" +
+          (":\n  " + "\n  ".join(diffs) if diffs else "") +
+          "\nUse the config that trained it (see its config.json).") from e
+    if frozen is None:
+      state0, frozen0, rest0 = setup.init_fn()
+      _, frozen = import_init(config, setup, state0, frozen0, rest0)
+  finally:
+    ckpt.close()
+  model = nnx.merge(setup.graphdef, restored["params"], frozen, setup.abstract_rest)
+  print(f"restored {where} step {step}", flush=True)
+  return model, meta
+
+
 def check_classes(config, source):
   """The model's class counts against the data set's, before any step (a model with fewer
   classes would train on out-of-range labels)."""
@@ -271,6 +322,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   source = source or input_lib.source_from_config(config)
   check_classes(config, source)
   workdir_lib.write_config(config, workdir)  # only now that the data source has opened
+  class_names = source.class_names() if hasattr(source, "class_names") else None
+  if class_names and jax.process_index() == 0:
+    labels_lib.write(epath.Path(workdir) / labels_lib.WORKDIR_FILE, class_names)
   setup = build_setup(config, model_lib=model_lib, devices=devices,
                       num_train_examples=getattr(source, "num_train_examples", None))
   tcfg, ecfg = config.train, config.get("eval", ml_collections.ConfigDict())
@@ -294,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     raise FileNotFoundError(f"--mode=eval: no checkpoint in {workdir}/ckpt")
   else:
     state, frozen = import_init(config, setup, state, frozen, rest)
+  if class_names:
+    meta["labels"] = class_names  # every checkpoint says what its classes are
 
   def run_eval(step):
     res, (probs, labels, _, masks) = evaluate_lib.evaluate(
