@@ -152,6 +152,15 @@ def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dic
   return _assemble(record, video, idx, opts, aud)
 
 
+def eval_audio_position(clip_index: int, crop_index: int, num_clips: int, num_crops: int) -> float:
+  """Where eval view (clip_index, crop_index) places its T-frame audio window in a longer clip
+  (`audio_centra` of audio.crop_or_pad): the authors' test mode (joohyun7u/CA2ST
+  dataset/{vggsound,kinetics_sound,epic_sounds,ucf101}.py) moves it with the view,
+  (test_num_crop * chunk + crop + 3) / (test_num_segment * test_num_crop + 6), from 3/(V+6)
+  for the first of V views to (V+2)/(V+6) for the last."""
+  return (num_crops * clip_index + crop_index + 3) / (num_clips * num_crops + 6)
+
+
 def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
               num_clips: int, num_crops: int) -> dict:
   """One deterministic eval view (temporal clip `clip_index`, spatial crop `crop_index`)."""
@@ -163,7 +172,8 @@ def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
                                    crop_index=crop_index, num_crops=num_crops)
   else:
     video = np.zeros((opts.num_frames, opts.eval_short_side, opts.eval_short_side, 3), np.uint8)
-  aud = _audio(record, opts, 0.5, None) if opts.with_audio else None
+  position = eval_audio_position(clip_index, crop_index, num_clips, num_crops)
+  aud = _audio(record, opts, position, None) if opts.with_audio else None
   return _assemble(record, video, idx, opts, aud)
 
 
