@@ -8,6 +8,9 @@ Model summary (parameters, GMACs per view):
 CPU-sized variant of the same code: --config=configs/cava_vggsound.py:tiny
 
 Paper: CAVA is the audio-visual baseline of the CA²ST paper; CA²ST reaches 68.3 top-1 on VGGSound.
+Eval views: 5 temporal clips x 3 crops, the defaults `--test_num_segment 5 --test_num_crop 3`
+of the authors' runners (joohyun7u/CA2ST run_bidirection.py); no published script sets them
+for this dataset. The eval audio window moves with the view as in their test mode.
 """
 import ml_collections
 
@@ -25,7 +28,7 @@ def get_config(arg=None):
   config.init = ml_collections.ConfigDict(dict(
       clip='', videomae='', ast='', checkpoint='', ast_pos_mode='reference'))
   config.data = config_lib.data_config(
-      name='vggsound', eval_split='test', sampling='dense', frame_stride=4)
+      name='vggsound', eval_split='test', sampling='dense', frame_stride=4, test_num_clips=5)
   if variant == 'tiny':
     config_lib.tiny(config.model)
   config_lib.audio_visual_recipe(config, variant)

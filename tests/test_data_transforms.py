@@ -117,3 +117,36 @@ def test_opencv_warps_match_pil(op, monkeypatch):
 def test_randaugment_consistent_on_pil_path_too(monkeypatch):
   monkeypatch.setattr(transforms, 'USE_CV2', False)
   test_randaugment_is_one_transform_for_all_frames()
+
+
+def test_eval_views_keep_the_authors_arithmetic_for_a_4_3_source(tmp_path):
+  """A 640x480 source: the authors resize it to int(224 * 640 / 480) = 298 x 224 and crop at
+  int(k * (298 - 224) / 2) = 0, 37, 74. The build stores it at 342x256 (256 * 4 / 3 = 341.3,
+  rounded up to even), whose own aspect would give int(224 * 342 / 256) = 299 and a last crop
+  at 75. With the source size the stored frames give the authors' sizes and crops."""
+  from ca2st_jax.data import decode  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  source = rng.integers(0, 256, (2, 480, 640, 3), np.uint8)
+  path = str(tmp_path / 'src.mp4')
+  decode.write_video(path, source, 4)
+  stored = decode.read_video(path, short_side=256)
+  assert (stored.width, stored.height) == (342, 256)
+  assert (stored.source_width, stored.source_height) == (640, 480)
+  frames = decode.decode_jpegs(stored.jpegs)
+  resized = transforms.resize_short_side(frames, 224, (640, 480))
+  assert resized[0].size == (298, 224)
+  assert transforms.resize_short_side(frames, 224)[0].size == (299, 224)  # the stored aspect's
+  resized = np.stack([np.asarray(f) for f in resized])
+  record = dict(frames=stored.jpegs, fps=np.float32(stored.fps), source_size=np.int32([640, 480]),
+                audio=np.zeros(0, np.int16), audio_rate=0, has_audio=False, label=0)
+  opts = pipeline.ClipOptions(num_frames=2, frame_stride=1, eval_short_side=224, with_audio=False)
+  for crop, start in enumerate([0, 37, 74]):
+    view = pipeline.eval_clip(record, 0, crop, opts, 1, 3)['video']
+    np.testing.assert_array_equal(view, resized[:, :, start:start + 224])
+  # a portrait source (480x640) crops along the height the same way
+  upright = [Image.fromarray(np.asarray(f).transpose(1, 0, 2)) for f in frames]
+  resized = transforms.resize_short_side(upright, 224, (480, 640))
+  assert resized[0].size == (224, 298)
+  view = transforms.eval_frames(upright, short_side=224, crop_index=2, num_crops=3,
+                                source_size=(480, 640))
+  np.testing.assert_array_equal(view, np.stack([np.asarray(f) for f in resized])[:, 74:298])

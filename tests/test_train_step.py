@@ -134,8 +134,13 @@ def test_compositional_verb_noun_loss_and_action_metrics(tmp_path):
   src = input_lib.InMemorySource(train, ev, global_batch=8, eval_batch_size=8)
   res = tr.train_and_evaluate(cfg, str(tmp_path), "train_and_eval", source=src, model_lib=toy.LIB,
                               devices=jax.devices()[:1])
+  videos = res["num_videos"]
+  assert videos == len(np.unique(ev["video_index"]))
   for k in ("verb_top1", "noun_top1", "action_top1", "action_top5", "action_top1_ref"):
-    assert 0.0 <= res[k] <= 1.0, k
+    assert res[k] * videos == pytest.approx(round(res[k] * videos)), k  # whole videos
+  # an action is right only where its verb and its noun are
+  assert res["action_top1_ref"] <= min(res["verb_top1"], res["noun_top1"])
+  assert res["top1"] == res["action_top1"] and res["action_top5"] >= res["action_top1"]
   # loss = CE(verb) + CE(noun): near log(3) + log(4) = 2.48 at init, above either head alone
   first = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")][0]
   assert np.log(4) + 0.5 < first["loss"] < 5.0

@@ -13,7 +13,8 @@ Crop/pad and the `[start, end]` seconds of the crop follow the authors' `Spectro
 - if it has fewer than T frames it is zero-padded at the end (before normalisation) and the
   reported span is [0, duration * T / n_frames];
 - otherwise the T-frame window ends at `n + int((T - n) * (1 - c))` (clamped), with `c` uniform
-  in [0, 1) in training and 0.5 in evaluation; the span is [duration * s / n, duration * e / n].
+  in [0, 1) in training and, in evaluation, moving with the view
+  (pipeline.eval_audio_position); the span is [duration * s / n, duration * e / n].
 - normalisation (x + 4.2677393) / (2 * 4.5689974); SpecAugment afterwards (masks set to 0).
 """
 

@@ -67,6 +67,8 @@ class VideoFrames:
   duration: float      # seconds
   width: int
   height: int
+  source_width: int    # the decoded source's frame size, before the build rescaled it: the
+  source_height: int   # authors resize the source itself, so eval views follow its aspect
 
 
 def _open(path):
@@ -128,6 +130,15 @@ def _release(stream):
     stream.codec_context.flush_buffers()
   except (av.FFmpegError, ValueError, AttributeError):
     pass
+
+
+def video_size(path: str) -> tuple[int, int]:
+  """(width, height) of the first video stream's decoded frames, from its codec headers."""
+  with _open(path) as c:
+    if not c.streams.video:
+      raise DecodeError(f'no video stream in {path}')
+    ctx = c.streams.video[0].codec_context
+    return int(ctx.width), int(ctx.height)
 
 
 def iter_frames(path: str, short_side: int = 0, fps: float = 0.0,
@@ -268,7 +279,8 @@ def read_video(path: str, short_side: int = 0, fps: float = 0.0, quality: int = 
       end=None if stop is None else stop - start)
   jpegs = [jpegs[i] for i in keep]
   times = np.asarray(times, np.float32)[keep]
-  return VideoFrames(jpegs, times, out_fps, len(jpegs) / out_fps, size[0], size[1])
+  return VideoFrames(jpegs, times, out_fps, len(jpegs) / out_fps, size[0], size[1],
+                     *video_size(path))
 
 
 def read_audio(path: str, rate: int = 16000, start: float = 0.0,

@@ -152,6 +152,24 @@ def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dic
   return _assemble(record, video, idx, opts, aud)
 
 
+def _source_size(record):
+  """(width, height) of the source video, or None for data built before the `source_size`
+  feature (the eval resize then keeps the stored frames' aspect; rebuild for the authors')."""
+  size = record.get('source_size')
+  if size is None or min(size) <= 0:
+    return None
+  return int(size[0]), int(size[1])
+
+
+def eval_audio_position(clip_index: int, crop_index: int, num_clips: int, num_crops: int) -> float:
+  """Where eval view (clip_index, crop_index) places its T-frame audio window in a longer clip
+  (`audio_centra` of audio.crop_or_pad): the authors' test mode (joohyun7u/CA2ST
+  dataset/{vggsound,kinetics_sound,epic_sounds,ucf101}.py) moves it with the view,
+  (test_num_crop * chunk + crop + 3) / (test_num_segment * test_num_crop + 6), from 3/(V+6)
+  for the first of V views to (V+2)/(V+6) for the last."""
+  return (num_crops * clip_index + crop_index + 3) / (num_clips * num_crops + 6)
+
+
 def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
               num_clips: int, num_crops: int) -> dict:
   """One deterministic eval view (temporal clip `clip_index`, spatial crop `crop_index`)."""
@@ -160,10 +178,12 @@ def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
   if n:
     frames = _load_frames(record, idx)
     video = transforms.eval_frames(frames, short_side=opts.eval_short_side,
-                                   crop_index=crop_index, num_crops=num_crops)
+                                   crop_index=crop_index, num_crops=num_crops,
+                                   source_size=_source_size(record))
   else:
     video = np.zeros((opts.num_frames, opts.eval_short_side, opts.eval_short_side, 3), np.uint8)
-  aud = _audio(record, opts, 0.5, None) if opts.with_audio else None
+  position = eval_audio_position(clip_index, crop_index, num_clips, num_crops)
+  aud = _audio(record, opts, position, None) if opts.with_audio else None
   return _assemble(record, video, idx, opts, aud)
 
 

@@ -232,25 +232,34 @@ def train_frames(frames, rng: np.random.Generator, *, crop_size=224, scale=(0.08
   return np.ascontiguousarray(out)
 
 
-def resize_short_side(frames, short_side):
-  """The reference's `Resize(short_side)`: long side `int(short * long / short_in)`, bilinear
-  (cv2.INTER_LINEAR as the reference when OpenCV is installed, else PIL's bilinear)."""
-  width, height = frames[0].size
-  if min(width, height) == short_side:
-    return frames
+def resize_short_side(frames, short_side, source_size=None):
+  """The reference's `Resize(short_side)` (util_tools/functional.py `get_resize_sizes`): long
+  side `int(short * long / short_in)`, bilinear (cv2.INTER_LINEAR as the reference when OpenCV
+  is installed, else PIL's bilinear).
+
+  `source_size` (width, height) is the source video's frame size: the authors resize the decoded
+  source, we the frames the build stored at its own (even) short side, whose aspect differs by a
+  rounding (a 640x480 source is stored at 342x256: 299 px long at 224 instead of the authors'
+  298). The output size is computed from the source's, so sizes and crops are the authors'.
+  Without it (data built before the `source_size` feature), the stored frames' own aspect."""
+  width, height = source_size if source_size is not None else frames[0].size
   if width < height:
     size = (short_side, int(short_side * height / width))
   else:
     size = (int(short_side * width / height), short_side)
+  if tuple(frames[0].size) == size:
+    return frames
   if USE_CV2:
     return [Image.fromarray(cv2.resize(np.asarray(f), size, interpolation=cv2.INTER_LINEAR))
             for f in frames]
   return [f.resize(size, Image.BILINEAR) for f in frames]
 
 
-def eval_frames(frames, *, short_side=224, crop_index=0, num_crops=1) -> np.ndarray:
-  """list of PIL frames -> uint8 [F, short, short, 3]: resize short side, crop view `crop_index`."""
-  frames = resize_short_side(frames, short_side)
+def eval_frames(frames, *, short_side=224, crop_index=0, num_crops=1,
+                source_size=None) -> np.ndarray:
+  """list of PIL frames -> uint8 [F, short, short, 3]: resize short side (with the aspect of
+  `source_size`, see resize_short_side), crop view `crop_index`."""
+  frames = resize_short_side(frames, short_side, source_size)
   width, height = frames[0].size
   long_side = max(width, height)
   if num_crops > 1:

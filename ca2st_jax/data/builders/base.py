@@ -160,7 +160,7 @@ def _read_hdf5_audio(spec):
 
 def make_example(item: Item, cfg: VideoBuilderConfig) -> dict[str, Any]:
   """Decodes one item into the stored feature dict (raises DecodeError on unusable input)."""
-  frames, fps, duration = [], 0.0, 0.0
+  frames, fps, duration, source_size = [], 0.0, 0.0, (0, 0)
   have_file = item.path is not None and os.path.exists(item.path)
   audio_file = item.path is not None and is_audio_file(item.path)
   if item.require_video and not have_file:
@@ -170,6 +170,7 @@ def make_example(item: Item, cfg: VideoBuilderConfig) -> dict[str, Any]:
       v = decode.read_video(item.path, cfg.short_side, cfg.fps, cfg.jpeg_quality,
                             start=item.start, stop=item.stop)
       frames, fps, duration = v.jpegs, v.fps, v.duration
+      source_size = (v.source_width, v.source_height)
     except decode.DecodeError:
       if item.require_video:
         raise
@@ -194,7 +195,8 @@ def make_example(item: Item, cfg: VideoBuilderConfig) -> dict[str, Any]:
   segments = np.zeros((0, 2), np.float32) if item.segments is None else np.asarray(
       item.segments, np.float32).reshape(-1, 2)
   return dict(id=item.key, video_id=item.video_id or item.key, frames=list(frames),
-              fps=np.float32(fps), duration=np.float32(duration),
+              fps=np.float32(fps), source_size=np.asarray(source_size, np.int32),
+              duration=np.float32(duration),
               span=np.asarray([item.start, stop], np.float32), segments=segments,
               audio=pcm.astype(np.int16), audio_rate=np.int32(rate if pcm.size else 0),
               has_audio=bool(pcm.size), **item.labels)
@@ -214,6 +216,8 @@ def base_features(label_features: dict[str, Any]) -> tfds.features.FeaturesDict:
       'video_id': tfds.features.Text(),
       'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
       'fps': tfds.features.Scalar(dtype=np.float32),
+      # (width, height) of the source video's frames; (0, 0) without video
+      'source_size': tfds.features.Tensor(shape=(2,), dtype=np.int32),
       'duration': tfds.features.Scalar(dtype=np.float32),
       'span': tfds.features.Tensor(shape=(2,), dtype=np.float32),
       'segments': tfds.features.Tensor(shape=(None, 2), dtype=np.float32),
