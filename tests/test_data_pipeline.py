@@ -323,8 +323,8 @@ def test_eval_audio_window_moves_with_the_view_on_a_long_clip():
   pcm = (np.sin(2 * np.pi * (100 + 3000 * t) * t) * 8000).astype(np.int16)  # a chirp: no two windows alike
   record = dict(frames=[jpeg] * 8, fps=np.float32(8), audio=pcm, audio_rate=16000,
                 has_audio=True, label=0)
-  opts = pipeline.ClipOptions(num_frames=4, crop_size=16, eval_short_side=16, num_mel_bins=8,
-                              spectrogram_length=40, frame_stride=1)
+  opts = tests_helpers.clip_options(num_frames=4, crop_size=16, eval_short_side=16, num_mel_bins=8,
+                                    spectrogram_length=40, frame_stride=1, sampling='dense')
   wave = audio.pcm_to_float(pcm)
   full = audio.normalize(audio.fbank(wave - wave.mean(), 16000, 8))
   assert full.shape[0] == 98
