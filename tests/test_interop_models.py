@@ -10,7 +10,7 @@ from flax import nnx
 
 from ca2st_jax import config_lib
 from ca2st_jax import models
-from ca2st_jax import torch_model
+from ca2st_jax.checkpoints import torch_model
 from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.tools import export_torch
 

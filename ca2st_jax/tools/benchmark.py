@@ -13,12 +13,13 @@ exposes it, XLA's cost analysis (FLOPs and bytes accessed per clip), and the mod
 through the trainable set and the activations that lead to it, no weight gradients for the
 frozen experts), the achieved TFLOP/s and the MFU against the device's bf16 peak.
 
-PyTorch (`--backend=torch` or `both`): the same config through `ca2st_jax.torch_model` (the
-reference's ops; `--torch_attention=sdpa` swaps its eager attention for PyTorch's fused
-scaled_dot_product_attention), trained as the authors train: AdamW over the same trainable set,
-fp16 autocast with a GradScaler on CUDA for --dtype=bfloat16 (bf16 autocast on CPU), fp32 for
---dtype=float32, the same mixup and label-smoothed loss. Its dropout and drop-path are identities
-(the module is inference-only), which flatters it slightly.
+PyTorch (`--backend=torch` or `both`): the same config through
+`ca2st_jax.checkpoints.torch_model` (the reference's ops; `--torch_attention=sdpa` swaps its
+eager attention for PyTorch's fused scaled_dot_product_attention), trained as the authors train:
+AdamW over the same trainable set, fp16 autocast with a GradScaler on CUDA for --dtype=bfloat16
+(bf16 autocast on CPU), fp32 for --dtype=float32, the same mixup and label-smoothed loss.
+Its dropout and drop-path are identities (the module is inference-only), which flatters it
+slightly.
 
 Warm-up steps are not timed; every timed run ends with block_until_ready / cuda.synchronize.
 Nothing here imports the data stack (Grain, TFDS, PyAV, ...): it runs where only JAX/PyTorch are.
@@ -341,7 +342,7 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
 def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -> dict:
   """The PyTorch model trained as the authors train it, on the same synthetic batch."""
   import torch  # pylint: disable=g-import-not-at-top
-  from ca2st_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.checkpoints import torch_model  # pylint: disable=g-import-not-at-top
   from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=g-import-not-at-top
   cfg = config.model
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
