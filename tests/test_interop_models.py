@@ -1,5 +1,5 @@
 """JAX model vs the PyTorch reference-layout model, on the same weights; mapping round trips;
-export key lists at base size against ../shared/reference/*.tsv."""
+export key lists at base size against the reference key lists (tests/fixtures/reference/*.tsv)."""
 import importlib.util
 import os
 
@@ -15,7 +15,7 @@ from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.tools import export_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(REPO, '..', 'shared', 'reference')
+REFERENCE = os.path.join(REPO, 'tests', 'fixtures', 'reference')
 
 
 def tiny(name, **overrides):
@@ -137,7 +137,6 @@ def load_config(name):
   return module.get_config()
 
 
-@pytest.mark.skipif(not os.path.isdir(REFERENCE), reason='reference key lists not available')
 @pytest.mark.parametrize('config_name,tsv', [
     ('cast_k400', 'official_keys_cast_k400.tsv'),
     ('cast_ek100', 'official_keys_cast_ek100.tsv'),

@@ -13,7 +13,7 @@ from ca2st_jax import config_lib, models
 from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.models import bca
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
 
 
