@@ -60,6 +60,8 @@ CASES = [
     ('ca2st', dict(exchange_method='add', share_exchange_projections=False, audio_exchange_start=0)),
     ('cava', dict(learned_positions=True, split_time_mlp=False)),
     ('ca2st', dict(learned_positions=True, time_encoding=False)),
+    ('cava_compositional', {}),
+    ('ca2st_compositional', {}),
 ]
 
 
@@ -121,15 +123,6 @@ def read_tsv(name, with_flags=False):
   return rows
 
 
-@pytest.fixture
-def fast_abstract_tracing(monkeypatch):
-  """nnx.eval_shape of a base-size model spends ~20 s building error messages that are never
-  shown (flax probes `tracer.sharding`, whose AttributeError text walks the whole trace each
-  time). Silencing that message text makes it ~2 s; shapes are unaffected."""
-  from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
-
-
 def load_config(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', name + '.py'))
   module = importlib.util.module_from_spec(spec)
@@ -143,6 +136,8 @@ def load_config(name):
     ('cava_vggsound', 'authors_keys_cava_vggsound_t1024.tsv'),
     ('cava_epic_sounds', 'authors_keys_cava_epicsounds_t400.tsv'),
     ('ca2st_vggsound', 'authors_keys_ca2st_ca9_shared_vggsound_t1024.tsv'),
+    ('cava_ek100', 'authors_keys_cava_compo_ek100_t400.tsv'),
+    ('ca2st_ek100', 'authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv'),
 ])
 def test_export_keys_and_shapes_match_reference_at_base_size(config_name, tsv, fast_abstract_tracing):
   config = load_config(config_name)

@@ -1,8 +1,8 @@
-"""A compact PyTorch implementation of CAST, CAST-compositional, CAVA and CA²ST.
+"""A compact PyTorch implementation of CAST, CAVA and CA²ST, each also compositional (EK100).
 
 Its `state_dict()` has exactly the keys (names, shapes, order) of the reference models
-(`../shared/reference/*.tsv` at base size), and it computes the reference function in eval mode,
-reference quirks included (see the comments marked QUIRK). It exists so that
+(`tests/fixtures/reference/*.tsv` at base size), and it computes the reference function in eval
+mode, reference quirks included (see the comments marked QUIRK). It exists so that
 
   * a user can run an exported state_dict without the authors' repositories, and
   * the tests have a PyTorch reference to compare the JAX model with.
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
+MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'cava_compositional', 'ca2st',
+               'ca2st_compositional')
 # 'eager': the reference's softmax(q k^T) v; 'sdpa': F.scaled_dot_product_attention (fused
 # kernels), the modern PyTorch baseline of tools.benchmark --torch_attention=sdpa.
 ATTENTION = 'eager'
@@ -682,11 +683,14 @@ class Cast(_Model):
 
 
 class Cava(_Model):
-  """CAVA (`single_ast_clip_vit_base_patch16_224`; defaults time_encoding, split_time_mlp, no stpos)."""
+  """CAVA (`single_ast_clip_vit_base_patch16_224`; defaults time_encoding, split_time_mlp, no
+  stpos) and CAVA compositional (`compo_single_ast_clip_vit_base_patch16_224`: verb and noun
+  heads on the same fused feature)."""
 
   def __init__(self, spec: Spec):
     super().__init__()
     self.spec = spec
+    self.compositional = spec.name == 'cava_compositional'
     w = spec.width
     self._add_ast_params(spec)
     self._add_clip_params(spec)
@@ -699,9 +703,13 @@ class Cava(_Model):
     self.blocks = nn.ModuleList([CavaBlock(spec) for _ in range(spec.depth)])
     self.audio_ln_post = _ln(w, 1e-5)   # QUIRK: in the state_dict, never used
     self.clip_ln_post = _ln(w, 1e-6)    # QUIRK: eps 1e-6 here (CLIP's is 1e-5)
+    if self.compositional:  # registered before the last adapters, as the reference does
+      self.head_verb = nn.Linear(w, spec.num_verbs)
+      self.head_noun = nn.Linear(w, spec.num_nouns)
     self.noun_last_Adapter = Adapter(w, spec.adapter_dim, skip=True)   # audio feature
     self.verb_last_Adapter = Adapter(w, spec.adapter_dim, skip=True)   # CLIP feature
-    self.head = nn.Linear(w, spec.num_classes)
+    if not self.compositional:
+      self.head = nn.Linear(w, spec.num_classes)
 
   def forward(self, video, audio=None, audio_times=None):
     b = video.shape[0]
@@ -711,15 +719,21 @@ class Cava(_Model):
       a, s = blk(a, s, te)
     fa = self.ast_pool(a)
     fs = self.clip_pool(s, b, self.clip_ln_post)
-    return {'label': self.head(self.noun_last_Adapter(fa) + self.verb_last_Adapter(fs))}
+    x = self.noun_last_Adapter(fa) + self.verb_last_Adapter(fs)
+    if self.compositional:
+      return {'verb': self.head_verb(x), 'noun': self.head_noun(x)}
+    return {'label': self.head(x)}
 
 
 class Ca2st(_Model):
-  """CA²ST (`cast_single_ast_Bsquare_CA9_base_patch16_224` and its switches)."""
+  """CA²ST (`cast_single_ast_Bsquare_CA9_base_patch16_224` and its switches) and CA²ST
+  compositional (`compo_cast_single_ast_Bsquare_CA9_base_patch16_224`: an audio last adapter per
+  head; noun from CLIP + audio, verb from VideoMAE + audio)."""
 
   def __init__(self, spec: Spec):
     super().__init__()
     self.spec = spec
+    self.compositional = spec.name == 'ca2st_compositional'
     w = spec.width
     self._add_ast_params(spec)
     self._add_clip_params(spec)
@@ -736,8 +750,14 @@ class Ca2st(_Model):
     self.vmae_fc_norm = _ln(w, 1e-6)
     self.noun_last_Adapter = Adapter(w, spec.adapter_dim, skip=False)
     self.verb_last_Adapter = Adapter(w, spec.adapter_dim, skip=False)
-    self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)      # c_fc, QuickGELU, c_proj
-    self.head = nn.Linear(w, spec.num_classes)
+    if self.compositional:
+      self.audio_noun_last_Adapter = clip_mlp(w, spec.adapter_dim)
+      self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)
+      self.head_verb = nn.Linear(w, spec.num_verbs)
+      self.head_noun = nn.Linear(w, spec.num_nouns)
+    else:
+      self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)      # c_fc, QuickGELU, c_proj
+      self.head = nn.Linear(w, spec.num_classes)
 
   def forward(self, video, audio=None, audio_times=None):
     b = video.shape[0]
@@ -748,6 +768,10 @@ class Ca2st(_Model):
     fs = self.clip_pool(s, b, self.clip_ln_post)
     ft = self.vmae_fc_norm(t.mean(1))
     fa = self.ast_pool(a)
+    if self.compositional:
+      noun = self.noun_last_Adapter(fs) + self.audio_noun_last_Adapter(fa)
+      verb = self.verb_last_Adapter(ft) + self.audio_verb_last_Adapter(fa)
+      return {'verb': self.head_verb(verb), 'noun': self.head_noun(noun)}
     x = self.noun_last_Adapter(fs) + self.verb_last_Adapter(ft) + self.audio_verb_last_Adapter(fa)
     return {'label': self.head(x)}
 
@@ -755,7 +779,7 @@ class Ca2st(_Model):
 def build(model_config) -> nn.Module:
   """The PyTorch model for `config.model`, in eval mode, parameters zero (load a state_dict)."""
   spec = spec_from_config(model_config)
-  cls = {'cast': Cast, 'cast_compositional': Cast, 'cava': Cava, 'ca2st': Ca2st}[spec.name]
+  cls = {'cast': Cast, 'cava': Cava, 'ca2st': Ca2st}[spec.name.removesuffix('_compositional')]
   return cls(spec).eval()
 
 

@@ -66,7 +66,7 @@ def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   size, frames = model_cfg.image_size, model_cfg.num_frames
   out = {'video': rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)}
-  if model_cfg.name in AUDIO_MODELS:
+  if models.family(model_cfg.name) in AUDIO_MODELS:
     out['audio'] = rng.standard_normal(
         (batch, model_cfg.spectrogram_length, model_cfg.num_mel_bins)).astype(np.float32)
     # Row 0: the audio crop [start, end] in seconds; rows 1..: the video's time slots inside it.
@@ -74,7 +74,7 @@ def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
     edges = np.linspace(0.0, 10.0, slots + 1, dtype=np.float32)
     times = np.concatenate([[[0.0, 10.0]], np.stack([edges[:-1], edges[1:]], -1)]).astype(np.float32)
     out['audio_times'] = np.broadcast_to(times, (batch, slots + 1, 2)).copy()
-  if model_cfg.name == 'cast_compositional':
+  if models.is_compositional(model_cfg.name):
     out['verb'] = rng.integers(0, model_cfg.num_verbs, batch, dtype=np.int32)
     out['noun'] = rng.integers(0, model_cfg.num_nouns, batch, dtype=np.int32)
   else:

@@ -7,10 +7,10 @@ With --workdir the weights come from the latest checkpoint in DIR/ckpt; without 
 freshly initialised and `config.init` imports are applied (so `--config.init.clip=ViT-B-16.pt
 --config.init.videomae=...` exports the reference's starting point). `.pth` (torch.save of a
 dict of tensors, loadable with `torch.load(weights_only=True)`) or `.safetensors`, by extension.
-The keys and shapes are exactly the reference model's (`../shared/reference/*.tsv` at base size);
-CA²ST's shared B-CA tensors are written under every name. Load the file with
-`ca2st_jax.checkpoints.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or into the
-authors' code.
+The keys and shapes are exactly the reference model's (`tests/fixtures/reference/*.tsv` at base
+size); CA²ST's shared B-CA tensors are written under every name. Load the file with
+`ca2st_jax.checkpoints.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or
+into the authors' code.
 """
 from __future__ import annotations
 
