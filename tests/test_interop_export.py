@@ -10,7 +10,7 @@ import torch
 from flax import nnx
 
 from ca2st_jax import models
-from ca2st_jax import torch_model
+from ca2st_jax.checkpoints import torch_model
 from ca2st_jax.checkpoints import torch_import
 from ca2st_jax.tools import export_torch
 

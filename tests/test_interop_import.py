@@ -336,7 +336,8 @@ def test_load_into_reads_config_init(tmp_path):
   assert torch_import.load_into(model, init, cfg) == {'checkpoint': path}
   np.testing.assert_array_equal(reference_of(model, cfg)['head.weight'], ref['head.weight'])
   assert torch_import.load_into(build(cfg), init) == {'checkpoint': path}  # config inferred
-  for name, overrides in (('cava', dict(split_time_mlp=False)), ('ca2st', dict(audio_exchange_start=1))):
+  for name, overrides in (('cava', dict(split_time_mlp=False)), ('ca2st', dict(audio_exchange_start=1)),
+                          ('cava_compositional', {}), ('ca2st_compositional', {})):
     other = tiny(name, **overrides)
     inferred = torch_import.infer_model_config(build(other))
     for field, value in inferred.items():

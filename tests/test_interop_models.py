@@ -1,5 +1,5 @@
 """JAX model vs the PyTorch reference-layout model, on the same weights; mapping round trips;
-export key lists at base size against ../shared/reference/*.tsv."""
+export key lists at base size against the reference key lists (tests/fixtures/reference/*.tsv)."""
 import importlib.util
 import os
 
@@ -10,12 +10,12 @@ from flax import nnx
 
 from ca2st_jax import config_lib
 from ca2st_jax import models
-from ca2st_jax import torch_model
+from ca2st_jax.checkpoints import torch_model
 from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.tools import export_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = os.path.join(REPO, '..', 'shared', 'reference')
+REFERENCE = os.path.join(REPO, 'tests', 'fixtures', 'reference')
 
 
 def tiny(name, **overrides):
@@ -60,6 +60,8 @@ CASES = [
     ('ca2st', dict(exchange_method='add', share_exchange_projections=False, audio_exchange_start=0)),
     ('cava', dict(learned_positions=True, split_time_mlp=False)),
     ('ca2st', dict(learned_positions=True, time_encoding=False)),
+    ('cava_compositional', {}),
+    ('ca2st_compositional', {}),
 ]
 
 
@@ -121,15 +123,6 @@ def read_tsv(name, with_flags=False):
   return rows
 
 
-@pytest.fixture
-def fast_abstract_tracing(monkeypatch):
-  """nnx.eval_shape of a base-size model spends ~20 s building error messages that are never
-  shown (flax probes `tracer.sharding`, whose AttributeError text walks the whole trace each
-  time). Silencing that message text makes it ~2 s; shapes are unaffected."""
-  from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
-
-
 def load_config(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', name + '.py'))
   module = importlib.util.module_from_spec(spec)
@@ -137,13 +130,14 @@ def load_config(name):
   return module.get_config()
 
 
-@pytest.mark.skipif(not os.path.isdir(REFERENCE), reason='reference key lists not available')
 @pytest.mark.parametrize('config_name,tsv', [
     ('cast_k400', 'official_keys_cast_k400.tsv'),
     ('cast_ek100', 'official_keys_cast_ek100.tsv'),
     ('cava_vggsound', 'authors_keys_cava_vggsound_t1024.tsv'),
     ('cava_epic_sounds', 'authors_keys_cava_epicsounds_t400.tsv'),
     ('ca2st_vggsound', 'authors_keys_ca2st_ca9_shared_vggsound_t1024.tsv'),
+    ('cava_ek100', 'authors_keys_cava_compo_ek100_t400.tsv'),
+    ('ca2st_ek100', 'authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv'),
 ])
 def test_export_keys_and_shapes_match_reference_at_base_size(config_name, tsv, fast_abstract_tracing):
   config = load_config(config_name)

@@ -13,7 +13,7 @@ from ca2st_jax import config_lib, models
 from ca2st_jax.checkpoints import torch_mapping
 from ca2st_jax.models import bca
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
 
 
@@ -159,7 +159,8 @@ def _reference_counts(tsv):
 def _shared_per_layer(cfg, name, layer):
   """Parameters the reference lists twice in a CA²ST layer with shared projections: the
   visual down/up of both audio pairs and the audio down/up of the second pair."""
-  if name != 'ca2st' or not cfg.share_exchange_projections or layer < cfg.audio_exchange_start:
+  if (models.family(name) != 'ca2st' or not cfg.share_exchange_projections
+      or layer < cfg.audio_exchange_start):
     return 0
   width, dim = cfg.width, cfg.bottleneck_dim
   return 3 * (width * dim + dim) + 3 * (dim * width + width)
@@ -184,6 +185,9 @@ def _per_layer_counts(trainable):
     ('authors_keys_cava_vggsound_t1024.tsv', 'cava', dict(num_classes=309)),
     ('authors_keys_cava_epicsounds_t400.tsv', 'cava', dict(num_classes=44, spectrogram_length=400)),
     ('authors_keys_ca2st_ca9_shared_vggsound_t1024.tsv', 'ca2st', dict(num_classes=309)),
+    ('authors_keys_cava_compo_ek100_t400.tsv', 'cava_compositional', dict(spectrogram_length=400)),
+    ('authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv', 'ca2st_compositional',
+     dict(spectrogram_length=400)),
 ])
 def test_trainable_set_matches_reference(tsv, name, overrides):
   """Per block and outside the blocks, the trainable filter selects exactly as many parameters

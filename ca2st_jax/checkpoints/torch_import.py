@@ -1,8 +1,8 @@
 """Import PyTorch checkpoints into the JAX models.
 
 Every source is first converted to the REFERENCE layout (numpy arrays keyed by the names of
-the reference state_dict, `../shared/reference/*.tsv`), then mapped onto JAX parameters by the
-model family's table in `torch_mapping`. Sources:
+the reference state_dict, `tests/fixtures/reference/*.tsv`), then mapped onto JAX parameters by
+the model family's table in `torch_mapping`. Sources:
 
   CLIP      OpenAI TorchScript `ViT-B-16.pt` (read without executing it), open_clip state dicts
             (`visual.*`, optionally under 'state_dict' / 'module.'), Hugging Face CLIPVisionModel /
@@ -395,7 +395,8 @@ def import_expert(model, cfg, kind: str, path_or_state, *, ast_pos_mode: str = '
       ref['audio_ln_post.weight'] = ref['clip_ln_post.weight']
       ref['audio_ln_post.bias'] = ref['clip_ln_post.bias']
   elif kind == 'videomae':
-    ref = videomae_to_reference(sd, source, encoder_norm_to_fc_norm=cfg.name == 'ca2st')
+    ref = videomae_to_reference(sd, source,
+                                encoder_norm_to_fc_norm=cfg.name.startswith('ca2st'))
     shapes = torch_mapping.reference_shapes(entries, torch_mapping.jax_shapes(model))
     for k in ('head.weight', 'head.bias'):  # the reference drops a classifier of another size
       if k in ref and (k not in shapes or tuple(np.shape(ref[k])) != shapes[k]):
@@ -437,10 +438,11 @@ def infer_model_config(model):
   if isinstance(model, fused.CAST):
     cfg['name'] = 'cast_compositional' if model.compositional else 'cast'
   else:
-    cfg['name'] = 'cava' if isinstance(model, fused.CAVA) else 'ca2st'
+    family = 'cava' if isinstance(model, fused.CAVA) else 'ca2st'
+    cfg['name'] = family + '_compositional' if model.compositional else family
     te = model.time_encoding
     cfg.update(time_encoding=te is not None, split_time_mlp=te is not None and te.audio_mlp is not None)
-    if cfg['name'] == 'ca2st':
+    if family == 'ca2st':
       cfg['audio_exchange_start'] = model.audio_exchange_start
   return ml_collections.ConfigDict(cfg)
 

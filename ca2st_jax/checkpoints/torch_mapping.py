@@ -150,6 +150,11 @@ def _xattn(b: _Builder, ref, jax, names, layers, pos=()):
   b.add(f'{ref}.{proj}', f'{jax}/out', 'linear', f, layers=layers)
 
 
+def _compositional_heads(b: _Builder):
+  b.add('head_verb', 'verb_head', 'linear', 'fusion')
+  b.add('head_noun', 'noun_head', 'linear', 'fusion')
+
+
 def _time_mlp(b: _Builder, ref, jax, nested):
   names = ('0', '2.0', '3.0', '4') if nested else ('0', '2', '4', '6')
   for r, j in zip(names[:3], ('fc1', 'fc2', 'fc3')):
@@ -176,8 +181,7 @@ def _cast_table(cfg) -> list[Entry]:
   _xattn(b, 'blocks.{i}.s2t_cross', f'{st}/temporal_from_spatial', ('s2t_q', 's2t_kv', 't2s_proj'), layers,
          pos=(('vmae_space_pos', 'query_pos'), ('clip_space_pos', 'key_pos')))
   if cfg.name == 'cast_compositional':
-    b.add('head_verb', 'verb_head', 'linear', 'fusion')
-    b.add('head_noun', 'noun_head', 'linear', 'fusion')
+    _compositional_heads(b)
   else:
     _adapter(b, 'noun_last_Adapter', 'spatial_last_adapter')
     _adapter(b, 'verb_last_Adapter', 'temporal_last_adapter')
@@ -233,7 +237,10 @@ def _cava_table(cfg) -> list[Entry]:
   b.add('audio_ln_post', 'audio_ln_post', 'norm', 'fusion')
   _adapter(b, 'noun_last_Adapter', 'audio_last_adapter')
   _adapter(b, 'verb_last_Adapter', 'spatial_last_adapter')
-  b.add('head', 'head', 'linear', 'fusion')
+  if cfg.name == 'cava_compositional':  # both heads read the fused feature
+    _compositional_heads(b)
+  else:
+    b.add('head', 'head', 'linear', 'fusion')
   return b.entries
 
 
@@ -272,9 +279,16 @@ def _ca2st_table(cfg) -> list[Entry]:
   b.add('audio_ln_post', 'audio_ln_post', 'norm', 'fusion')
   _adapter(b, 'noun_last_Adapter', 'spatial_last_adapter')
   _adapter(b, 'verb_last_Adapter', 'temporal_last_adapter')
-  b.add('audio_verb_last_Adapter.c_fc', 'audio_last_adapter/fc1', 'linear', 'fusion')
-  b.add('audio_verb_last_Adapter.c_proj', 'audio_last_adapter/fc2', 'linear', 'fusion')
-  b.add('head', 'head', 'linear', 'fusion')
+  if cfg.name == 'ca2st_compositional':  # an audio last adapter per head
+    for head in ('verb', 'noun'):
+      for ref, jax in (('c_fc', 'fc1'), ('c_proj', 'fc2')):
+        b.add(f'audio_{head}_last_Adapter.{ref}', f'audio_{head}_last_adapter/{jax}', 'linear',
+              'fusion')
+    _compositional_heads(b)
+  else:
+    b.add('audio_verb_last_Adapter.c_fc', 'audio_last_adapter/fc1', 'linear', 'fusion')
+    b.add('audio_verb_last_Adapter.c_proj', 'audio_last_adapter/fc2', 'linear', 'fusion')
+    b.add('head', 'head', 'linear', 'fusion')
   # Model layers i >= audio_exchange_start are slice i - start of the second layer group.
   start = min(cfg.audio_exchange_start, cfg.depth)
 
@@ -291,7 +305,9 @@ TABLES: dict[str, Callable] = {
     'cast': _cast_table,
     'cast_compositional': _cast_table,
     'cava': _cava_table,
+    'cava_compositional': _cava_table,
     'ca2st': _ca2st_table,
+    'ca2st_compositional': _ca2st_table,
 }
 
 

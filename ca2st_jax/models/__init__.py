@@ -6,10 +6,22 @@ from ca2st_jax.models import fused
 from ca2st_jax.models import layers
 from ca2st_jax.models.fused import CA2ST, CAST, CAVA
 
-NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
+# Each model also comes compositional (EK100: verb and noun heads instead of `head`).
+MODELS = {'cast': CAST, 'cast_compositional': CAST, 'cava': CAVA, 'cava_compositional': CAVA,
+          'ca2st': CA2ST, 'ca2st_compositional': CA2ST}
+NAMES = tuple(MODELS)
 EXPERTS = ('spatial', 'temporal', 'audio')
 # The parts of the experts that the reference trains; the rest of every expert is frozen.
 TRAINED_EXPERT_PARTS = {('spatial', 'ln_post'), ('temporal', 'fc_norm')}
+
+
+def family(name: str) -> str:
+  """'cast', 'cava' or 'ca2st': the model named `name` without its compositional heads."""
+  return name.removesuffix('_compositional')
+
+
+def is_compositional(name: str) -> bool:
+  return name.endswith('_compositional')
 
 
 def check_config(cfg):
@@ -40,7 +52,7 @@ def check_config(cfg):
     fail('tubelet_size', 'CLIP frame k pairs with tubelet slot k only for tubelets of 2 frames')
   if not 0 <= cfg.drop_path < 1:
     fail('drop_path', 'must be in [0, 1)')
-  if cfg.name in ('cava', 'ca2st'):
+  if family(cfg.name) in ('cava', 'ca2st'):
     if cfg.spectrogram_length < cfg.audio_patch_size:
       fail('spectrogram_length', f'shorter than audio_patch_size {cfg.audio_patch_size}')
     if cfg.num_mel_bins < cfg.audio_patch_size:
@@ -51,8 +63,7 @@ def build(cfg, *, rngs: nnx.Rngs):
   """The model named by config.model.name, freshly initialised (SPEC §7). Parameters are
   float32, the frozen ones in the compute dtype when config.model.store_frozen_in_compute_dtype."""
   check_config(cfg)
-  model = {'cast': CAST, 'cast_compositional': CAST, 'cava': CAVA, 'ca2st': CA2ST}[cfg.name](
-      cfg, rngs=rngs)
+  model = MODELS[cfg.name](cfg, rngs=rngs)
   if cfg.get('store_frozen_in_compute_dtype', False):
     store_frozen_in(model, fused.dtype_of(cfg))
   return model

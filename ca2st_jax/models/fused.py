@@ -1,4 +1,4 @@
-"""The assembled models: CAST, CAST-compositional, CAVA and CA²ST.
+"""The assembled models: CAST, CAVA and CA²ST, each also compositional (EK100 verb and noun heads).
 
 The experts run side by side, block by block: block i of every expert runs inside model
 layer i, whose adapters and B-CA exchanges are slice i of the stacked `self.layers`. The experts'
@@ -176,11 +176,14 @@ class CAVA(nnx.Module):
   """CAVA: AST + CLIP with global A↔S B-CA in every layer and time encodings.
 
   head(dropout(L_a(audio) + L_s(spatial))), the last adapters WITH skip (SPEC §5).
+  Compositional (the authors' compo_single_ast_clip): verb and noun heads both read that fused
+  feature, each through its own dropout.
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    self.compositional = cfg.name == 'cava_compositional'
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs, ln_post_eps=1e-6)
@@ -196,7 +199,11 @@ class CAVA(nnx.Module):
     self.spatial_last_adapter = layers.Adapter(
         cfg.width, cfg.adapter_dim, skip=True, dtype=dtype, rngs=rngs)
     self.head_dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
-    self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
+    if self.compositional:
+      self.verb_head = layers.dense(cfg.width, cfg.num_verbs, dtype=dtype, rngs=rngs)
+      self.noun_head = layers.dense(cfg.width, cfg.num_nouns, dtype=dtype, rngs=rngs)
+    else:
+      self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
@@ -215,6 +222,9 @@ class CAVA(nnx.Module):
   def __call__(self, video, audio, audio_times, *, deterministic=True):
     audio_feature, spatial = self.features(video, audio, audio_times, deterministic=deterministic)
     fused = self.audio_last_adapter(audio_feature) + self.spatial_last_adapter(spatial)
+    if self.compositional:
+      return {'verb': self.verb_head(self.head_dropout(fused, deterministic=deterministic)),
+              'noun': self.noun_head(self.head_dropout(fused, deterministic=deterministic))}
     return {'label': self.head(self.head_dropout(fused, deterministic=deterministic))}
 
 
@@ -289,11 +299,17 @@ class Ca2stLayer(nnx.Module):
 class CA2ST(nnx.Module):
   """CA²ST: CLIP + VideoMAE + AST. head(dropout(L_s(spatial) + L_t(temporal) + L_a(audio))):
   the visual last adapters without skip and zero fc2; the audio one is c_fc, QuickGELU, c_proj
-  with a random init (SPEC §5)."""
+  with a random init (SPEC §5).
+
+  Compositional (the authors' compo_cast_single_ast_Bsquare): one audio last adapter per head,
+  noun = noun_head(dropout(L_s(spatial) + L_an(audio))), verb = verb_head(dropout(L_t(temporal)
+  + L_av(audio))).
+  """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    self.compositional = cfg.name == 'ca2st_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
@@ -312,10 +328,20 @@ class CA2ST(nnx.Module):
         cfg.width, cfg.adapter_dim, skip=False, dtype=dtype, rngs=rngs)
     self.temporal_last_adapter = layers.Adapter(
         cfg.width, cfg.adapter_dim, skip=False, dtype=dtype, rngs=rngs)
-    self.audio_last_adapter = layers.Mlp(
+    audio_adapter = lambda: layers.Mlp(
         cfg.width, cfg.adapter_dim, act=layers.quick_gelu, dtype=dtype, rngs=rngs)
+    # Adapters, dropout, heads in this order: the fused model's init draws stay as they were.
+    if self.compositional:
+      self.audio_verb_last_adapter = audio_adapter()
+      self.audio_noun_last_adapter = audio_adapter()
+    else:
+      self.audio_last_adapter = audio_adapter()
     self.head_dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
-    self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
+    if self.compositional:
+      self.verb_head = layers.dense(cfg.width, cfg.num_verbs, dtype=dtype, rngs=rngs)
+      self.noun_head = layers.dense(cfg.width, cfg.num_nouns, dtype=dtype, rngs=rngs)
+    else:
+      self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
@@ -342,6 +368,11 @@ class CA2ST(nnx.Module):
   def __call__(self, video, audio, audio_times, *, deterministic=True):
     spatial, temporal, audio_feature = self.features(
         video, audio, audio_times, deterministic=deterministic)
+    if self.compositional:
+      noun = self.spatial_last_adapter(spatial) + self.audio_noun_last_adapter(audio_feature)
+      verb = self.temporal_last_adapter(temporal) + self.audio_verb_last_adapter(audio_feature)
+      return {'verb': self.verb_head(self.head_dropout(verb, deterministic=deterministic)),
+              'noun': self.noun_head(self.head_dropout(noun, deterministic=deterministic))}
     fused = (self.spatial_last_adapter(spatial) + self.temporal_last_adapter(temporal)
              + self.audio_last_adapter(audio_feature))
     return {'label': self.head(self.head_dropout(fused, deterministic=deterministic))}

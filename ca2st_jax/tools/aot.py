@@ -181,15 +181,16 @@ def count_flops(jaxpr) -> int:
 # --------------------------------------------------------------------------------------------------
 def abstract_batch(config, global_batch: int, sharding, *, train: bool) -> dict:
   """The batch the input pipeline hands the step (ca2st_jax.data.pipeline's layout)."""
+  from ca2st_jax import models  # pylint: disable=g-import-not-at-top
   m = config.model
   size = int(config.data.get("crop_size", 0) or m.image_size)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct((global_batch, *shape), dtype, sharding=sharding)
   batch = {"video": spec((m.num_frames, size, size, 3), jnp.uint8)}
-  if m.name in ("cava", "ca2st"):
+  if models.family(m.name) in ("cava", "ca2st"):
     batch["audio"] = spec((m.spectrogram_length, m.num_mel_bins), jnp.float32)
     batch["audio_times"] = spec((m.num_frames // m.tubelet_size + 1, 2), jnp.float32)
   if train:
-    labels = ("verb", "noun") if m.name == "cast_compositional" else ("label",)
+    labels = ("verb", "noun") if models.is_compositional(m.name) else ("label",)
     batch.update({k: spec((), jnp.int32) for k in labels})
   return batch
 

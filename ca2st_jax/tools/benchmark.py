@@ -13,12 +13,13 @@ exposes it, XLA's cost analysis (FLOPs and bytes accessed per clip), and the mod
 through the trainable set and the activations that lead to it, no weight gradients for the
 frozen experts), the achieved TFLOP/s and the MFU against the device's bf16 peak.
 
-PyTorch (`--backend=torch` or `both`): the same config through `ca2st_jax.torch_model` (the
-reference's ops; `--torch_attention=sdpa` swaps its eager attention for PyTorch's fused
-scaled_dot_product_attention), trained as the authors train: AdamW over the same trainable set,
-fp16 autocast with a GradScaler on CUDA for --dtype=bfloat16 (bf16 autocast on CPU), fp32 for
---dtype=float32, the same mixup and label-smoothed loss. Its dropout and drop-path are identities
-(the module is inference-only), which flatters it slightly.
+PyTorch (`--backend=torch` or `both`): the same config through
+`ca2st_jax.checkpoints.torch_model` (the reference's ops; `--torch_attention=sdpa` swaps its
+eager attention for PyTorch's fused scaled_dot_product_attention), trained as the authors train:
+AdamW over the same trainable set, fp16 autocast with a GradScaler on CUDA for --dtype=bfloat16
+(bf16 autocast on CPU), fp32 for --dtype=float32, the same mixup and label-smoothed loss.
+Its dropout and drop-path are identities (the module is inference-only), which flatters it
+slightly.
 
 Warm-up steps are not timed; every timed run ends with block_until_ready / cuda.synchronize.
 Nothing here imports the data stack (Grain, TFDS, PyAV, ...): it runs where only JAX/PyTorch are.
@@ -65,7 +66,7 @@ def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   size, frames = model_cfg.image_size, model_cfg.num_frames
   out = {'video': rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)}
-  if model_cfg.name in AUDIO_MODELS:
+  if models.family(model_cfg.name) in AUDIO_MODELS:
     out['audio'] = rng.standard_normal(
         (batch, model_cfg.spectrogram_length, model_cfg.num_mel_bins)).astype(np.float32)
     # Row 0: the audio crop [start, end] in seconds; rows 1..: the video's time slots inside it.
@@ -73,7 +74,7 @@ def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
     edges = np.linspace(0.0, 10.0, slots + 1, dtype=np.float32)
     times = np.concatenate([[[0.0, 10.0]], np.stack([edges[:-1], edges[1:]], -1)]).astype(np.float32)
     out['audio_times'] = np.broadcast_to(times, (batch, slots + 1, 2)).copy()
-  if model_cfg.name == 'cast_compositional':
+  if models.is_compositional(model_cfg.name):
     out['verb'] = rng.integers(0, model_cfg.num_verbs, batch, dtype=np.int32)
     out['noun'] = rng.integers(0, model_cfg.num_nouns, batch, dtype=np.int32)
   else:
@@ -341,7 +342,7 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
 def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -> dict:
   """The PyTorch model trained as the authors train it, on the same synthetic batch."""
   import torch  # pylint: disable=g-import-not-at-top
-  from ca2st_jax import torch_model  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.checkpoints import torch_model  # pylint: disable=g-import-not-at-top
   from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=g-import-not-at-top
   cfg = config.model
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

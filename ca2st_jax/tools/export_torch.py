@@ -7,10 +7,10 @@ With --workdir the weights come from the latest checkpoint in DIR/ckpt; without 
 freshly initialised and `config.init` imports are applied (so `--config.init.clip=ViT-B-16.pt
 --config.init.videomae=...` exports the reference's starting point). `.pth` (torch.save of a
 dict of tensors, loadable with `torch.load(weights_only=True)`) or `.safetensors`, by extension.
-The keys and shapes are exactly the reference model's (`../shared/reference/*.tsv` at base size);
-CA²ST's shared B-CA tensors are written under every name. Load the file with
-`ca2st_jax.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or into the
-authors' code.
+The keys and shapes are exactly the reference model's (`tests/fixtures/reference/*.tsv` at base
+size); CA²ST's shared B-CA tensors are written under every name. Load the file with
+`ca2st_jax.checkpoints.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or
+into the authors' code.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16', 'bfloat16'
 def reference_order(model_config) -> list[str]:
   """The reference state_dict's key order (from the PyTorch model built on the meta device)."""
   import torch  # pylint: disable=import-outside-toplevel
-  from ca2st_jax import torch_model  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.checkpoints import torch_model  # pylint: disable=import-outside-toplevel
   with torch.device('meta'):
     return list(torch_model.build(model_config).state_dict().keys())
 

@@ -1,8 +1,8 @@
-"""A compact PyTorch implementation of CAST, CAST-compositional, CAVA and CA²ST.
+"""A compact PyTorch implementation of CAST, CAVA and CA²ST, each also compositional (EK100).
 
 Its `state_dict()` has exactly the keys (names, shapes, order) of the reference models
-(`../shared/reference/*.tsv` at base size), and it computes the reference function in eval mode,
-reference quirks included (see the comments marked QUIRK). It exists so that
+(`tests/fixtures/reference/*.tsv` at base size), and it computes the reference function in eval
+mode, reference quirks included (see the comments marked QUIRK). It exists so that
 
   * a user can run an exported state_dict without the authors' repositories, and
   * the tests have a PyTorch reference to compare the JAX model with.
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'ca2st')
+MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'cava_compositional', 'ca2st',
+               'ca2st_compositional')
 # 'eager': the reference's softmax(q k^T) v; 'sdpa': F.scaled_dot_product_attention (fused
 # kernels), the modern PyTorch baseline of tools.benchmark --torch_attention=sdpa.
 ATTENTION = 'eager'
@@ -35,33 +35,33 @@ ATTENTION = 'eager'
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-  """Sizes and switches, read from the same `config.model` fields as the JAX model."""
-  name: str = 'cast'
-  width: int = 768
-  depth: int = 12
-  num_heads: int = 12
-  mlp_dim: int = 3072
-  bottleneck_dim: int = 384
-  adapter_dim: int = 192
-  patch_size: int = 16
-  image_size: int = 224
-  num_frames: int = 16
-  tubelet_size: int = 2
-  num_mel_bins: int = 128
-  spectrogram_length: int = 1024
-  audio_patch_size: int = 16
-  audio_patch_stride: int = 10
-  num_classes: int = 400
-  num_verbs: int = 97
-  num_nouns: int = 300
+  """The `config.model` fields the PyTorch model reads, under the same names (configs/*.py)."""
+  name: str
+  width: int
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  bottleneck_dim: int
+  adapter_dim: int
+  patch_size: int
+  image_size: int
+  num_frames: int
+  tubelet_size: int
+  num_mel_bins: int
+  spectrogram_length: int
+  audio_patch_size: int
+  audio_patch_stride: int
+  num_classes: int
+  num_verbs: int
+  num_nouns: int
   # CA²ST switches (SPEC §6).
-  ca_start_layer: int = 9
-  exchange: str = 'seq'           # 'seq' | 'add'
-  share_projections: bool = True
-  # CAVA / CA²ST time encoding (SPEC §6).
-  time_encoding: bool = True
-  split_time_mlp: bool = True
-  learned_positions: bool = False   # the reference's use_stpos (learned positions in the audio exchanges)
+  audio_exchange_start: int
+  exchange_method: str            # 'seq' | 'add'
+  share_exchange_projections: bool
+  # CAVA / CA²ST time encoding and the reference's use_stpos (SPEC §6).
+  time_encoding: bool
+  split_time_mlp: bool
+  learned_positions: bool
 
   @property
   def grid(self) -> int:
@@ -82,53 +82,19 @@ class Spec:
     return f, t
 
 
-# Config field aliases: the first name found on config.model wins.
-_ALIASES = {
-    'name': ('name', 'model_name'),
-    'width': ('width', 'hidden_size', 'embed_dim'),
-    'depth': ('depth', 'num_layers'),
-    'num_heads': ('num_heads',),
-    'mlp_dim': ('mlp_dim',),
-    'bottleneck_dim': ('bottleneck_dim', 'bca_dim'),
-    'adapter_dim': ('adapter_dim',),
-    'patch_size': ('patch_size',),
-    'image_size': ('image_size',),
-    'num_frames': ('num_frames',),
-    'tubelet_size': ('tubelet_size',),
-    'num_mel_bins': ('num_mel_bins',),
-    'spectrogram_length': ('spectrogram_length',),
-    'audio_patch_size': ('audio_patch_size',),
-    'audio_patch_stride': ('audio_patch_stride',),
-    'num_classes': ('num_classes',),
-    'num_verbs': ('num_verbs', 'num_verb_classes'),
-    'num_nouns': ('num_nouns', 'num_noun_classes'),
-    'ca_start_layer': ('audio_exchange_start', 'ca_start_layer'),
-    'exchange': ('exchange_method', 'exchange'),
-    'share_projections': ('share_exchange_projections', 'share_projections'),
-    'learned_positions': ('learned_positions',),
-    'time_encoding': ('time_encoding',),
-    'split_time_mlp': ('split_time_mlp',),
-}
-
-
-def spec_from_config(model_config: Any) -> Spec:
-  """Builds a Spec from `config.model` (ConfigDict, dict or any attribute object)."""
+def spec_from_config(model_config) -> Spec:
+  """The Spec of `config.model` (a ConfigDict or dict with the fields of config_lib.model_config)."""
   if isinstance(model_config, Spec):
     return model_config
-  get = (model_config.get if isinstance(model_config, dict)
-         else lambda k, d=None: getattr(model_config, k, d))
-  values = {}
-  for field, names in _ALIASES.items():
-    for n in names:
-      v = get(n, None)
-      if v is not None:
-        values[field] = v
-        break
-  spec = Spec(**values)
+  names = [f.name for f in dataclasses.fields(Spec)]
+  missing = [n for n in names if n not in model_config]
+  if missing:
+    raise ValueError(f'config.model lacks the fields {missing} (see config_lib.model_config)')
+  spec = Spec(**{n: model_config[n] for n in names})
   if spec.name not in MODEL_NAMES:
-    raise ValueError(f'unknown model name {spec.name!r}; expected one of {MODEL_NAMES}')
-  if spec.exchange not in ('seq', 'add'):
-    raise ValueError(f"exchange must be 'seq' or 'add', got {spec.exchange!r}")
+    raise ValueError(f'config.model.name={spec.name!r}: expected one of {MODEL_NAMES}')
+  if spec.exchange_method not in ('seq', 'add'):
+    raise ValueError(f"config.model.exchange_method={spec.exchange_method!r}: expected 'seq' or 'add'")
   return spec
 
 
@@ -429,20 +395,49 @@ def time_mlp(dim, nested):
 
 # ----------------------------------------------------------------------------------- blocks
 
+# Each expert's block parts under the reference's names: (pre-attention LayerNorm, attention,
+# pre-MLP LayerNorm, MLP), their LayerNorm eps, the attention and MLP builders.
+EXPERT_PARTS = {
+    'clip': (('clip_ln_1', 'clip_attn', 'clip_ln_2', 'clip_mlp'), 1e-5, ClipAttention, clip_mlp),
+    'vmae': (('norm1', 'attn', 'norm2', 'mlp'), 1e-6, VideoMAEAttention, Mlp),
+    'ast': (('ast_norm1', 'ast_attn', 'ast_norm2', 'ast_mlp'), 1e-6, AstAttention, Mlp),
+}
+
+
+def add_expert_attention(block: nn.Module, spec: Spec, *experts: str) -> None:
+  """Registers each expert's pre-attention LayerNorm and attention on `block`, in order (the
+  state_dict order is the registration order)."""
+  for expert in experts:
+    (norm, attn, _, _), eps, attention, _ = EXPERT_PARTS[expert]
+    block.add_module(norm, _ln(spec.width, eps))
+    block.add_module(attn, attention(spec.width, spec.num_heads))
+
+
+def add_expert_mlp(block: nn.Module, spec: Spec, *experts: str) -> None:
+  """Registers each expert's pre-MLP LayerNorm and MLP on `block`, in order."""
+  for expert in experts:
+    (_, _, norm, mlp), eps, _, make_mlp = EXPERT_PARTS[expert]
+    block.add_module(norm, _ln(spec.width, eps))
+    block.add_module(mlp, make_mlp(spec.width, spec.mlp_dim))
+
+
+def add_adapters(block: nn.Module, spec: Spec, skip: bool, *names: str) -> None:
+  """Registers in-block adapters (width -> adapter_dim -> width) under `names`, in order."""
+  for name in names:
+    block.add_module(name, Adapter(spec.width, spec.adapter_dim, skip=skip))
+
 
 class CastBlock(nn.Module):
   """CAST block (SPEC §4): CLIP and VideoMAE side by side, windowed S<->T B-CA."""
 
   def __init__(self, spec: Spec):
     super().__init__()
-    w, h, m, a, d = spec.width, spec.num_heads, spec.mlp_dim, spec.adapter_dim, spec.bottleneck_dim
+    w, h, d = spec.width, spec.num_heads, spec.bottleneck_dim
     self.num_slots = spec.time_slots
-    self.clip_ln_1 = _ln(w, 1e-5)
-    self.clip_attn = ClipAttention(w, h)
-    self.S_Adapter = Adapter(w, a, skip=True)
-    self.norm1 = _ln(w, 1e-6)
-    self.attn = VideoMAEAttention(w, h)
-    self.T_Adapter = Adapter(w, a, skip=True)
+    add_expert_attention(self, spec, 'clip')
+    add_adapters(self, spec, True, 'S_Adapter')
+    add_expert_attention(self, spec, 'vmae')
+    add_adapters(self, spec, True, 'T_Adapter')
     self.cross_s_down = nn.Linear(w, d)
     self.cross_t_down = nn.Linear(w, d)
     self.ln_s_cross = _ln(d, 1e-6)
@@ -453,12 +448,10 @@ class CastBlock(nn.Module):
                            pos=(('clip_space_pos', spec.num_patches), ('vmae_space_pos', spec.num_patches)))
     self.cross_s_up = nn.Linear(d, w)
     self.cross_t_up = nn.Linear(d, w)
-    self.clip_ln_2 = _ln(w, 1e-5)
-    self.clip_mlp = clip_mlp(w, m)
-    self.S_MLP_Adapter = Adapter(w, a, skip=False)
-    self.norm2 = _ln(w, 1e-6)
-    self.mlp = Mlp(w, m)
-    self.T_MLP_Adapter = Adapter(w, a, skip=False)
+    add_expert_mlp(self, spec, 'clip')
+    add_adapters(self, spec, False, 'S_MLP_Adapter')
+    add_expert_mlp(self, spec, 'vmae')
+    add_adapters(self, spec, False, 'T_MLP_Adapter')
 
   def forward(self, s, t):
     s = s + self.S_Adapter(self.clip_attn(self.clip_ln_1(s)))
@@ -480,13 +473,9 @@ class CavaBlock(nn.Module):
 
   def __init__(self, spec: Spec):
     super().__init__()
-    w, h, m, a, d = spec.width, spec.num_heads, spec.mlp_dim, spec.adapter_dim, spec.bottleneck_dim
-    self.ast_norm1 = _ln(w, 1e-6)
-    self.ast_attn = AstAttention(w, h)
-    self.clip_ln_1 = _ln(w, 1e-5)
-    self.clip_attn = ClipAttention(w, h)
-    self.S_Adapter = Adapter(w, a, skip=True)
-    self.T_Adapter = Adapter(w, a, skip=True)
+    w, d = spec.width, spec.bottleneck_dim
+    add_expert_attention(self, spec, 'ast', 'clip')
+    add_adapters(self, spec, True, 'S_Adapter', 'T_Adapter')
     self.cross_s_down = nn.Linear(w, d)
     self.cross_t_down = nn.Linear(w, d)
     self.ln_s_cross = _ln(d, 1e-6)
@@ -495,12 +484,8 @@ class CavaBlock(nn.Module):
     self.s2t_cross = _audio_xattn(spec, ('s2t_q', 's2t_kv', 't2s_proj'), 'vmae', 'cava')
     self.cross_s_up = nn.Linear(d, w)
     self.cross_t_up = nn.Linear(d, w)
-    self.ast_norm2 = _ln(w, 1e-6)
-    self.ast_mlp = Mlp(w, m)
-    self.clip_ln_2 = _ln(w, 1e-5)
-    self.clip_mlp = clip_mlp(w, m)
-    self.S_MLP_Adapter = Adapter(w, a, skip=False)
-    self.T_MLP_Adapter = Adapter(w, a, skip=False)
+    add_expert_mlp(self, spec, 'ast', 'clip')
+    add_adapters(self, spec, False, 'S_MLP_Adapter', 'T_MLP_Adapter')
 
   def forward(self, a, s, te):
     a = a + self.S_Adapter(self.ast_attn(self.ast_norm1(a)))
@@ -518,28 +503,20 @@ class CavaBlock(nn.Module):
 
 
 class Ca2stBlock(nn.Module):
-  """CA²ST block: S, T and audio experts; S&T B-CA always, A&S and A&T from `ca_start_layer`
-  (config `audio_exchange_start`), in sequence ('seq') or averaged ('add')."""
+  """CA²ST block: S, T and audio experts; S&T B-CA always, A&S and A&T from
+  `audio_exchange_start` on, in sequence ('seq') or averaged ('add')."""
 
   def __init__(self, spec: Spec, layer: int):
     super().__init__()
-    w, h, m, a = spec.width, spec.num_heads, spec.mlp_dim, spec.adapter_dim
-    self.exchange = spec.exchange
-    self.audio_pairs = layer >= spec.ca_start_layer
-    self.ast_norm1 = _ln(w, 1e-6)
-    self.ast_attn = AstAttention(w, h)
-    self.clip_ln_1 = _ln(w, 1e-5)
-    self.clip_attn = ClipAttention(w, h)
-    self.norm1 = _ln(w, 1e-6)
-    self.attn = VideoMAEAttention(w, h)
-    self.S_Adapter = Adapter(w, a, skip=True)
-    self.T_Adapter = Adapter(w, a, skip=True)
-    self.Audio_Adapter = Adapter(w, a, skip=True)
+    self.exchange = spec.exchange_method
+    self.audio_pairs = layer >= spec.audio_exchange_start
+    add_expert_attention(self, spec, 'ast', 'clip', 'vmae')
+    add_adapters(self, spec, True, 'S_Adapter', 'T_Adapter', 'Audio_Adapter')
     self.s_t_b_cast = BCast(spec, 's-t')
     if self.audio_pairs:
       self.s_audio_b_cast = BCast(spec, 's-audio')
       self.t_audio_b_cast = BCast(spec, 't-audio')
-      if spec.share_projections:  # the reference's bcast_share: one tensor, several names
+      if spec.share_exchange_projections:  # the reference's bcast_share: one tensor, several names
         st, sa, ta = self.s_t_b_cast, self.s_audio_b_cast, self.t_audio_b_cast
         sa.cross_l_down = st.cross_l_down
         ta.cross_l_down = st.cross_r_down
@@ -547,15 +524,8 @@ class Ca2stBlock(nn.Module):
         sa.cross_l_up = st.cross_l_up
         ta.cross_l_up = st.cross_r_up
         sa.cross_r_up = ta.cross_r_up
-    self.ast_norm2 = _ln(w, 1e-6)
-    self.ast_mlp = Mlp(w, m)
-    self.clip_ln_2 = _ln(w, 1e-5)
-    self.clip_mlp = clip_mlp(w, m)
-    self.norm2 = _ln(w, 1e-6)
-    self.mlp = Mlp(w, m)
-    self.S_MLP_Adapter = Adapter(w, a, skip=False)
-    self.T_MLP_Adapter = Adapter(w, a, skip=False)
-    self.Audio_MLP_Adapter = Adapter(w, a, skip=False)
+    add_expert_mlp(self, spec, 'ast', 'clip', 'vmae')
+    add_adapters(self, spec, False, 'S_MLP_Adapter', 'T_MLP_Adapter', 'Audio_MLP_Adapter')
 
   def forward(self, s, t, a, te):
     s = s + self.S_Adapter(self.clip_attn(self.clip_ln_1(s)))
@@ -713,11 +683,14 @@ class Cast(_Model):
 
 
 class Cava(_Model):
-  """CAVA (`single_ast_clip_vit_base_patch16_224`; defaults time_encoding, split_time_mlp, no stpos)."""
+  """CAVA (`single_ast_clip_vit_base_patch16_224`; defaults time_encoding, split_time_mlp, no
+  stpos) and CAVA compositional (`compo_single_ast_clip_vit_base_patch16_224`: verb and noun
+  heads on the same fused feature)."""
 
   def __init__(self, spec: Spec):
     super().__init__()
     self.spec = spec
+    self.compositional = spec.name == 'cava_compositional'
     w = spec.width
     self._add_ast_params(spec)
     self._add_clip_params(spec)
@@ -730,9 +703,13 @@ class Cava(_Model):
     self.blocks = nn.ModuleList([CavaBlock(spec) for _ in range(spec.depth)])
     self.audio_ln_post = _ln(w, 1e-5)   # QUIRK: in the state_dict, never used
     self.clip_ln_post = _ln(w, 1e-6)    # QUIRK: eps 1e-6 here (CLIP's is 1e-5)
+    if self.compositional:  # registered before the last adapters, as the reference does
+      self.head_verb = nn.Linear(w, spec.num_verbs)
+      self.head_noun = nn.Linear(w, spec.num_nouns)
     self.noun_last_Adapter = Adapter(w, spec.adapter_dim, skip=True)   # audio feature
     self.verb_last_Adapter = Adapter(w, spec.adapter_dim, skip=True)   # CLIP feature
-    self.head = nn.Linear(w, spec.num_classes)
+    if not self.compositional:
+      self.head = nn.Linear(w, spec.num_classes)
 
   def forward(self, video, audio=None, audio_times=None):
     b = video.shape[0]
@@ -742,15 +719,21 @@ class Cava(_Model):
       a, s = blk(a, s, te)
     fa = self.ast_pool(a)
     fs = self.clip_pool(s, b, self.clip_ln_post)
-    return {'label': self.head(self.noun_last_Adapter(fa) + self.verb_last_Adapter(fs))}
+    x = self.noun_last_Adapter(fa) + self.verb_last_Adapter(fs)
+    if self.compositional:
+      return {'verb': self.head_verb(x), 'noun': self.head_noun(x)}
+    return {'label': self.head(x)}
 
 
 class Ca2st(_Model):
-  """CA²ST (`cast_single_ast_Bsquare_CA9_base_patch16_224` and its switches)."""
+  """CA²ST (`cast_single_ast_Bsquare_CA9_base_patch16_224` and its switches) and CA²ST
+  compositional (`compo_cast_single_ast_Bsquare_CA9_base_patch16_224`: an audio last adapter per
+  head; noun from CLIP + audio, verb from VideoMAE + audio)."""
 
   def __init__(self, spec: Spec):
     super().__init__()
     self.spec = spec
+    self.compositional = spec.name == 'ca2st_compositional'
     w = spec.width
     self._add_ast_params(spec)
     self._add_clip_params(spec)
@@ -767,8 +750,14 @@ class Ca2st(_Model):
     self.vmae_fc_norm = _ln(w, 1e-6)
     self.noun_last_Adapter = Adapter(w, spec.adapter_dim, skip=False)
     self.verb_last_Adapter = Adapter(w, spec.adapter_dim, skip=False)
-    self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)      # c_fc, QuickGELU, c_proj
-    self.head = nn.Linear(w, spec.num_classes)
+    if self.compositional:
+      self.audio_noun_last_Adapter = clip_mlp(w, spec.adapter_dim)
+      self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)
+      self.head_verb = nn.Linear(w, spec.num_verbs)
+      self.head_noun = nn.Linear(w, spec.num_nouns)
+    else:
+      self.audio_verb_last_Adapter = clip_mlp(w, spec.adapter_dim)      # c_fc, QuickGELU, c_proj
+      self.head = nn.Linear(w, spec.num_classes)
 
   def forward(self, video, audio=None, audio_times=None):
     b = video.shape[0]
@@ -779,18 +768,22 @@ class Ca2st(_Model):
     fs = self.clip_pool(s, b, self.clip_ln_post)
     ft = self.vmae_fc_norm(t.mean(1))
     fa = self.ast_pool(a)
+    if self.compositional:
+      noun = self.noun_last_Adapter(fs) + self.audio_noun_last_Adapter(fa)
+      verb = self.verb_last_Adapter(ft) + self.audio_verb_last_Adapter(fa)
+      return {'verb': self.head_verb(verb), 'noun': self.head_noun(noun)}
     x = self.noun_last_Adapter(fs) + self.verb_last_Adapter(ft) + self.audio_verb_last_Adapter(fa)
     return {'label': self.head(x)}
 
 
-def build(model_config: Any) -> nn.Module:
+def build(model_config) -> nn.Module:
   """The PyTorch model for `config.model`, in eval mode, parameters zero (load a state_dict)."""
   spec = spec_from_config(model_config)
-  cls = {'cast': Cast, 'cast_compositional': Cast, 'cava': Cava, 'ca2st': Ca2st}[spec.name]
+  cls = {'cast': Cast, 'cava': Cava, 'ca2st': Ca2st}[spec.name.removesuffix('_compositional')]
   return cls(spec).eval()
 
 
-def from_checkpoint(path, model_config: Any, container: str | None = None) -> nn.Module:
+def from_checkpoint(path, model_config, container: str | None = None) -> nn.Module:
   """The model for `config.model` with a reference-layout checkpoint loaded strictly.
 
   Reads any file `ca2st_jax.checkpoints.torch_io` reads (our exports, official CAST DeepSpeed
