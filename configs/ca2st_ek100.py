@@ -44,22 +44,6 @@ def get_config(arg=None):
       test_num_crops=3, audio=True)
   if variant == 'tiny':
     config_lib.tiny(config.model)
-  # Training recipe: CAST's EK100 script (see above). batch_size is the global batch of one
-  # optimiser step (accum_steps micro-batches); lr, min_lr and warmup_lr are scaled by
-  # batch_size / 256.
-  config.train = ml_collections.ConfigDict(dict(
-      batch_size=384, accum_steps=1, total_epochs=50, warmup_epochs=5,
-      total_steps=ml_collections.config_dict.placeholder(int),
-      warmup_steps=ml_collections.config_dict.placeholder(int),
-      trainable='reference', mixup_alpha=0.8, mixup_prob=0.9, label_smoothing=0.1,
-      log_every=50, eval_every=0, ckpt_every=1000))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  config.ckpt = ml_collections.ConfigDict(dict(keep=2))
-  config.optim = ml_collections.ConfigDict(dict(
-      lr=0.001, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
-      layer_decay=0.75, clip_grad_norm=ml_collections.config_dict.placeholder(float),
-      betas=(0.9, 0.999), eps=1e-8))
-  config.eval = ml_collections.ConfigDict(dict(best_metric='top1', with_map=False))
-  if variant == 'tiny':  # a few CPU steps of the same recipe
-    config.train.update(batch_size=2, total_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
+  # Training recipe: CAST's EK100 script (see above).
+  config_lib.cast_recipe(config, variant, batch_size=384, total_epochs=50, mixup_prob=0.9)
   return config
