@@ -33,6 +33,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ca2st_jax.train import writer as writer_lib
+
 
 def define_flags():
   """The command line's flags (defined only when run as a program: other tools that a process
@@ -353,11 +355,6 @@ def plot_timelines(records: list[dict], path: str, num_classes: int = 3) -> str:
   return path
 
 
-def _eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
-
-
 def list_videos(args) -> list[str]:
   """The files named, and the video files under the directories named (sorted)."""
   out = []
@@ -429,7 +426,7 @@ def predict(config, model, names, paths, options: Options, log=sys.stderr):
     done = len(records) + len(failed)
     elapsed = time.time() - t0
     print(f'[{done}/{len(paths)}] {decoded.path}: done; {elapsed:.1f} s elapsed, ETA '
-          f'{_eta(elapsed / done * (len(paths) - done))}', file=log, flush=True)
+          f'{writer_lib.format_eta(elapsed / done * (len(paths) - done))}', file=log, flush=True)
     print_result(public(rec))
 
   def drain(final=False):

@@ -299,7 +299,7 @@ def check_classes(config, source):
     return
   for key, n in source.num_classes().items():
     field = HEAD_CLASSES[key]
-    if key == "label" and config.model.get("compositional", False):
+    if key == "label" and str(config.model.get("name", "")).endswith("_compositional"):
       continue
     want = int(config.model.get(field, 0))
     if want != n:
@@ -419,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
         writer.write(step, "train", rec)
         print(f"[train] step {step}/{total} loss {rec['loss']:.4f} lr {rec['lr']:.3e} "
               f"{rec['clips_per_s']:.1f} clips/s input wait {100 * rec['input_wait']:.0f}% "
-              f"ETA {_fmt_eta((total - step) * dt / max(step - t_step0, 1))}", flush=True)
+              f"ETA {writer_lib.format_eta((total - step) * dt / max(step - t_step0, 1))}", flush=True)
         pending, t0, t_step0, wait0 = [], now, step, batches.wait_s
       if mode == "train_and_eval" and eval_every and step % eval_every == 0 and not is_last:
         result = run_eval(step)
@@ -482,7 +482,3 @@ def _maybe_save_best(ckpt, step, state, frozen, data_state, result, best_metric,
     meta.update(best_value=float(value), best_step=int(step), best_metric=best_metric)
     ckpt.save(step, state, frozen, data_state, dict(meta, step=step), best=True)
 
-
-def _fmt_eta(seconds):
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

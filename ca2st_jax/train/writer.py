@@ -91,3 +91,9 @@ def read_metrics(workdir) -> list[dict]:
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def format_eta(seconds: float) -> str:
+  """H:MM:SS, for the progress lines of training and prediction."""
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
