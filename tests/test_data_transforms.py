@@ -2,6 +2,7 @@
 import ml_collections
 import numpy as np
 import pytest
+import tests_helpers
 from PIL import Image
 
 from ca2st_jax import config_lib
@@ -139,7 +140,8 @@ def test_eval_views_keep_the_authors_arithmetic_for_a_4_3_source(tmp_path):
   resized = np.stack([np.asarray(f) for f in resized])
   record = dict(frames=stored.jpegs, fps=np.float32(stored.fps), source_size=np.int32([640, 480]),
                 audio=np.zeros(0, np.int16), audio_rate=0, has_audio=False, label=0)
-  opts = pipeline.ClipOptions(num_frames=2, frame_stride=1, eval_short_side=224, with_audio=False)
+  opts = tests_helpers.clip_options(num_frames=2, frame_stride=1, eval_short_side=224, crop_size=224,
+                                    sampling='dense', with_audio=False)
   for crop, start in enumerate([0, 37, 74]):
     view = pipeline.eval_clip(record, 0, crop, opts, 1, 3)['video']
     np.testing.assert_array_equal(view, resized[:, :, start:start + 224])
