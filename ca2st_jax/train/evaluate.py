@@ -32,6 +32,8 @@ def evaluate(eval_step, mesh, state, frozen, rest, source, *, with_map=False,
   for host_batch in source.eval_iterator():
     batch = mesh_lib.global_batch({k: v for k, v in host_batch.items() if k in MODEL_INPUT_KEYS},
                                   mesh)
+    if not pieces:
+      mesh_lib.compile_then_sync(eval_step, state, frozen, rest, batch, name="eval step")
     out = eval_step(state, frozen, rest, batch)
     meta = mesh_lib.global_batch({k: host_batch[k] for k in ("video_index", "mask", *LABEL_KEYS)
                                   if k in host_batch}, mesh)

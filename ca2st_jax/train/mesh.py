@@ -15,14 +15,17 @@ one shard and all of v on the other). `config.mesh.tensor` > 1 is therefore refu
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Sequence
 
 import jax
 import numpy as np
+from absl import flags
 from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as orbax_multihost
 
 AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
@@ -31,6 +34,9 @@ BATCH_AXES = ("data", "fsdp")
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+# How long a process waits at a barrier for the slowest one (a first compile on a loaded host).
+SYNC_TIMEOUT_S = 1800
+_barrier_number = itertools.count()
 
 
 def maybe_initialize_distributed():
@@ -54,6 +60,30 @@ def maybe_initialize_distributed():
   else:
     return
   logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  # Orbax's barriers are otherwise a psum over every device: on CPU its gloo group must form within
+  # a fixed 30 s on all processes, which a first save or restore on a loaded host overruns.
+  flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process gets here: a barrier of jax.distributed's coordination service
+  (not a collective, so it waits up to SYNC_TIMEOUT_S). Every process must call it in the same
+  order; a no-op in one process."""
+  if jax.process_count() > 1:
+    orbax_multihost.get_barrier_sync_fn()(key=f"ca2st_jax:{next(_barrier_number)}:{name}",
+                                          timeout_ms=SYNC_TIMEOUT_S * 1000)
+
+
+def compile_then_sync(jitted, *args, name: str) -> None:
+  """Compiles `jitted` for `args` (the call that follows reuses it), then waits for every process.
+
+  The first run of a program forms a group for each of its cross-process collectives; on CPU (gloo)
+  every process must join within a fixed 30 s, and compiles on a loaded host differ by more. After
+  this, every process starts that first run at once.
+  """
+  if jax.process_count() > 1:
+    jitted.lower(*args).compile()
+    sync_processes(name)
 
 
 def mesh_sizes(mesh_cfg, num_devices: int) -> tuple[int, ...]:

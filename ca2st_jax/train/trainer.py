@@ -336,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   logging.info("mesh %s; global batch %d; %d steps (%d warm-up)", dict(setup.mesh.shape),
                setup.global_batch, total, setup.warmup_steps)
 
+  mesh_lib.compile_then_sync(setup.init_fn, name="init")
   state, frozen, rest = setup.init_fn()
   data_state, meta = {}, {}
   start, restored = ckpt.restore_newest_good(ckpt_fallback)
@@ -385,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   log_every = int(tcfg.get("log_every", 50))
   ckpt_every = int(tcfg.get("ckpt_every", 1000))
   eval_every = int(tcfg.get("eval_every", 0) or 0)
-  pending, last_good, result = [], start, {}
+  pending, last_good, result, first_step = [], start, {}, step
   t0, t_step0, wait0 = time.time(), step, 0.0
 
   def check_finite(upto_step):
@@ -401,6 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   try:
     while step < total:
       batch = next(batches)
+      if step == first_step:
+        mesh_lib.compile_then_sync(setup.train_step, state, frozen, rest, batch, name="train step")
       state, out = setup.train_step(state, frozen, rest, batch)
       step += 1
       pending.append(out)
