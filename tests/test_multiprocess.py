@@ -3,8 +3,9 @@ tiny CA²ST (configs/demo.py) through the real Grain pipeline on mesh (data 4, f
 sharded across processes and imported from a PyTorch checkpoint (config.init), against the same
 config in this 1-process, 8-device pytest process.
 
-One module fixture runs every launch once (they are slow on a 2-core machine), each bounded by
-a timeout that kills the whole process group; the tests then check what the runs left behind:
+One test runs every launch once (they are slow on a 2-core machine; as separate tests sharing a
+module fixture, pytest-xdist ran the launches once per worker, both at the same time), each bounded
+by a timeout that kills the whole process group, then checks what the runs left behind:
   B  2 processes, uninterrupted                         == A (1 process, in here)
   C  2 processes, SIGTERM to process 1 only (after step 4) → both save the same step, exit 0
   C2 C's workdir resumed by 2 processes                 == B bit for bit
@@ -30,7 +31,7 @@ from ca2st_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_TIMEOUT_S = 900
-# The module fixture's launches run inside the first test: more than the suite's 600 s per test.
+# Every launch runs inside the one test: more than the suite's 600 s per test.
 pytestmark = pytest.mark.timeout(2400)
 STEPS = 6
 
@@ -114,13 +115,11 @@ def _out(lines):
   return "".join(lines[-60:])
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _launch_all(tmp):
   from absl import flags  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   from ca2st_jax.tools import export_torch  # pylint: disable=import-outside-toplevel
-  tmp = tmp_path_factory.mktemp("mp")
   cache = str(tmp / "jax_cache")
   init = str(tmp / "init.pth")
   cfg_path = str(tmp / "config.py")
@@ -188,7 +187,7 @@ def _assert_params_close(a, b, what):
     np.testing.assert_allclose(a[1][k], b[1][k], rtol=1e-5, atol=1e-5, err_msg=f"{what}: {k}")
 
 
-def test_two_processes_match_one_process(runs):
+def _check_two_processes_match_one_process(runs):
   out = "".join(runs["B_out"])
   assert "Initialised from config.init" in out  # the import ran with parameters sharded
   train_a = [l for l in _metrics(runs["wd"]["A"]) if l["split"] == "train"]
@@ -202,7 +201,7 @@ def test_two_processes_match_one_process(runs):
     assert val_b[k] == pytest.approx(v, abs=1e-6), k
 
 
-def test_sigterm_to_one_process_saves_same_step_everywhere(runs):
+def _check_sigterm_to_one_process_saves_same_step_everywhere(runs):
   out = "".join(runs["C_out"])
   assert runs["C_sent"] and runs["C_rc"] == 0, _out(runs["C_out"])
   saved = {line[:3]: line.split("step ")[1].split()[0] for line in out.splitlines()
@@ -216,7 +215,7 @@ def test_sigterm_to_one_process_saves_same_step_everywhere(runs):
     np.testing.assert_array_equal(a[1][k], b[1][k], err_msg=k)
 
 
-def test_checkpoints_move_between_process_counts(runs):
+def _check_checkpoints_move_between_process_counts(runs):
   # 2-process checkpoint resumed by 1 process, and a 1-process one by 2 processes.
   _assert_params_close(runs["C1_params"], runs["A_params"], "2-process ckpt resumed by 1")
   assert runs["A2_first"] == {"preempted": True, "step": 3}
@@ -229,3 +228,10 @@ def test_checkpoints_move_between_process_counts(runs):
   val_b = [l for l in _metrics(runs["wd"]["B"]) if l["split"] == "val"][0]
   for k, v in runs["E1"].items():
     assert val_b[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_multi_process_runs(tmp_path):
+  runs = _launch_all(tmp_path)
+  _check_two_processes_match_one_process(runs)
+  _check_sigterm_to_one_process_saves_same_step_everywhere(runs)
+  _check_checkpoints_move_between_process_counts(runs)
