@@ -65,17 +65,10 @@ def maybe_initialize_distributed():
   flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
-def sync_processes(name: str) -> None:
-  """Waits until every process gets here: a barrier of jax.distributed's coordination service
-  (not a collective, so it waits up to SYNC_TIMEOUT_S). Every process must call it in the same
-  order; a no-op in one process."""
-  if jax.process_count() > 1:
-    orbax_multihost.get_barrier_sync_fn()(key=f"ca2st_jax:{next(_barrier_number)}:{name}",
-                                          timeout_ms=SYNC_TIMEOUT_S * 1000)
-
-
 def compile_then_sync(jitted, *args, name: str) -> None:
-  """Compiles `jitted` for `args` (the call that follows reuses it), then waits for every process.
+  """Compiles `jitted` for `args` (the call that follows reuses it), then waits for every process
+  at a barrier of jax.distributed's coordination service (up to SYNC_TIMEOUT_S). A no-op in one
+  process; every process must call it in the same order.
 
   The first run of a program forms a group for each of its cross-process collectives; on CPU (gloo)
   every process must join within a fixed 30 s, and compiles on a loaded host differ by more. After
@@ -83,7 +76,8 @@ def compile_then_sync(jitted, *args, name: str) -> None:
   """
   if jax.process_count() > 1:
     jitted.lower(*args).compile()
-    sync_processes(name)
+    orbax_multihost.get_barrier_sync_fn()(key=f"ca2st_jax:{next(_barrier_number)}:{name}",
+                                          timeout_ms=SYNC_TIMEOUT_S * 1000)
 
 
 def mesh_sizes(mesh_cfg, num_devices: int) -> tuple[int, ...]:
