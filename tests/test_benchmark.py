@@ -84,6 +84,24 @@ def test_bytes_by_op_matches_cost_analysis():
   assert by_op['attention scores (softmax etc.)'] > 0
 
 
+def test_bytes_by_op_counts_slices_and_in_place_updates_as_xla_does():
+  """A scan reads one layer's slice of its stacked weights and writes one layer's activations into
+  a stacked buffer in place: those instructions touch the slice, not the whole buffer."""
+  def read_slice(stacked, i):
+    return jnp.tanh(jax.lax.dynamic_index_in_dim(stacked, i, keepdims=False))
+
+  def write_slice(stacked, x, i):
+    return jax.lax.dynamic_update_index_in_dim(stacked, jnp.tanh(x), i, 0)
+
+  stacked, x = jnp.ones((64, 128, 128), jnp.float32), jnp.ones((128, 128), jnp.float32)
+  for compiled in (jax.jit(read_slice).lower(stacked, 3).compile(),
+                   jax.jit(write_slice, donate_argnums=0).lower(stacked, x, 3).compile()):
+    by_op = sum(benchmark.bytes_by_op(compiled.as_text()).values())
+    cost = benchmark._cost(compiled)  # pylint: disable=protected-access
+    assert by_op == pytest.approx(cost['bytes_accessed'], rel=0.15)
+    assert by_op < 4 * x.nbytes < stacked.nbytes / 8
+
+
 def test_peak_table_and_synthetic_batch():
   assert benchmark.peak_tflops('NVIDIA H200') == 989
   assert benchmark.peak_tflops('NVIDIA H100 80GB HBM3') == 989

@@ -163,9 +163,10 @@ def _elements(type_text: str) -> int:
 
 
 def _parse(hlo: str):
-  """Per computation: [(name, result type, op, rest of line)] and {name: result type}."""
+  """Per computation: [(name, result type, op, rest of line)], {name: result type} and the root's
+  name."""
   comps, entry = _computations(hlo)
-  parsed, types = {}, {}
+  parsed, types, roots = {}, {}, {}
   for comp, lines in comps.items():
     parsed[comp], types[comp] = [], {}
     for line in lines:
@@ -173,7 +174,9 @@ def _parse(hlo: str):
       if m:
         parsed[comp].append(m.groups())
         types[comp][m.group(1)] = m.group(2)
-  return parsed, types, entry
+        if line.lstrip().startswith('ROOT '):
+          roots[comp] = m.group(1)
+  return parsed, types, roots, entry
 
 
 def _operand_types(rest: str, types: dict) -> list[str]:
@@ -246,10 +249,59 @@ def _operand_text(rest: str) -> str:
   return rest
 
 
+def _operand_names(rest: str) -> list[str]:
+  return re.findall(r'%([\w.\-]+)', _operand_text(rest))
+
+
+def _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots) -> int:
+  """Bytes an instruction reads and writes: its operands and result, except where XLA updates a
+  buffer in place or reads a slice of it (a scan's per-layer weights and saved activations): a
+  dynamic-slice reads its result's size, a dynamic-update-slice writes its update's size and does
+  not read the buffer it updates, inside a fusion too. (XLA's cost analysis counts the same.)"""
+  if op == 'dynamic-slice':
+    return 2 * _shape_bytes(result_type)
+  if op == 'dynamic-update-slice' and len(operand_types) > 1:
+    return 2 * _shape_bytes(operand_types[1])
+  fused = re.search(r'calls=%?([\w.\-]+)', rest) if op == 'fusion' else None
+  if not fused or fused.group(1) not in parsed:
+    return _shape_bytes(result_type) + sum(_shape_bytes(t) for t in operand_types)
+  body = parsed[fused.group(1)]
+  body_types = types[fused.group(1)]
+  uses = collections.defaultdict(list)  # name -> [(user's op, operand position, user's type)]
+  params = {}
+  for name, type_text, body_op, body_rest in body:
+    if body_op == 'parameter':
+      params[int(re.match(r'\s*(\d+)', body_rest).group(1))] = name
+    for position, operand in enumerate(_operand_names(body_rest)):
+      uses[operand].append((body_op, position, type_text))
+
+  def written(name) -> int:
+    """Bytes the fusion writes for its output `name`: a dynamic-update-slice writes its update."""
+    instruction = next((i for i in body if i[0] == name), None)
+    if instruction is None:
+      return 0
+    _, type_text, body_op, body_rest = instruction
+    operands = _operand_names(body_rest)
+    if body_op in ('tuple', 'bitcast'):
+      return sum(written(o) for o in operands)
+    if body_op == 'dynamic-update-slice' and len(operands) > 1:
+      return _shape_bytes(body_types.get(operands[1], ''))
+    return _shape_bytes(type_text)
+
+  read = 0
+  for position, type_text in enumerate(operand_types):
+    users = uses.get(params.get(position), [])
+    if users and all(u[0] == 'dynamic-slice' and u[1] == 0 for u in users):
+      read += sum(_shape_bytes(u[2]) for u in users)
+    elif not (users and all(u[0] == 'dynamic-update-slice' and u[1] == 0 for u in users)):
+      read += _shape_bytes(type_text)
+  return read + written(roots.get(fused.group(1)))
+
+
 def bytes_by_op(hlo: str) -> dict:
   """Bytes each kind of top-level instruction reads and writes in one run of the optimised program
   (operand + result sizes, as XLA's cost analysis counts them; loop bodies x their trip count)."""
-  parsed, types, entry = _parse(hlo)
+  parsed, types, roots, entry = _parse(hlo)
   score_sizes = _score_sizes(parsed, types)
   totals = collections.Counter()
 
@@ -270,7 +322,7 @@ def bytes_by_op(hlo: str) -> dict:
       if op in _NOT_ACCESSES:
         continue
       operand_types = _operand_types(rest, types[comp])
-      accessed = _shape_bytes(result_type) + sum(_shape_bytes(t) for t in operand_types)
+      accessed = _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots)
       kind = _op_kind(op, result_type, rest, operand_types, parsed, score_sizes)
       totals[kind] += times * accessed
 
