@@ -173,3 +173,28 @@ def test_cudnn_model_matches_xla_model(name):
   want = logits["xla", "float32"]
   assert _relative_error(logits["cudnn", "bfloat16"], want) < max(
       2 * _relative_error(logits["xla", "bfloat16"], want), 2e-2)
+
+
+def test_xla_attention_keeps_no_scores_for_the_backward_pass():
+  """Scanned over layers, XLA's attention would stack its N x N probabilities for the backward
+  pass ([layers, B, H, N, N]); it recomputes them instead, so more layers add no scores to the
+  gradient's temporaries."""
+  length, heads = 512, 2
+  one_layer = _qkv(length, length, batch=1, heads=heads, head_dim=16)
+
+  def loss(q, k, v):
+    def layer(carry, qkv):
+      return carry + jnp.sum(layers.attention(*qkv, "xla") ** 2), None
+    return jax.lax.scan(layer, 0.0, (q, k, v))[0]
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  temp = {}
+  for num_layers in (4, 8):
+    q, k, v = (jnp.stack([x] * num_layers) for x in one_layer)
+    temp[num_layers] = grads.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+  assert temp[8] - temp[4] < heads * length * length * 4
+  reference = jax.grad(lambda q, k, v: sum(
+      jnp.sum(jax.nn.dot_product_attention(q[i], k[i], v[i]) ** 2) for i in range(8)),
+                       argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads(q, k, v), reference):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -266,7 +266,7 @@ def test_remat_same_values_and_gradients(name, policy):
   """Remat changes neither the loss nor the gradients over the trainable set, in training mode
   (drop path on) and in an eval forward that closes over the frozen parameters."""
   batch = inputs(tiny(name))
-  results = []
+  results, checkpoints = [], []
   for remat in ('none', policy):
     model = models.build(tiny(name, remat=remat, audio_exchange_start=1), rngs=nnx.Rngs(0))
     randomize(model)
@@ -283,7 +283,9 @@ def test_remat_same_values_and_gradients(name, policy):
         lambda trainable, rest: jax.value_and_grad(lambda t: loss(t, rest, True))(trainable))
     results.append((train(trainable, rest), frozen_closed_over(trainable, rest)))
     primitives = str(jax.make_jaxpr(train)(trainable, rest))
-    assert ('checkpoint' in primitives or 'remat' in primitives) == (remat != 'none')
+    checkpoints.append(primitives.count('checkpoint') + primitives.count('remat'))
+  # XLA's attention is rematerialised whatever the policy; the layer remat adds its own.
+  assert checkpoints[1] > checkpoints[0]
   for result in results[1:]:
     for (value, grads), (value_0, grads_0) in zip(result, results[0]):
       np.testing.assert_allclose(value, value_0, rtol=1e-5)

@@ -172,6 +172,13 @@ def attention(q, k, v, implementation: str):
     return _per_batch_shard(_tpu_flash_attention)(q, k, v)
   if implementation == 'cudnn' and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0:
     return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  return _xla_attention(q, k, v)
+
+
+@jax.checkpoint
+def _xla_attention(q, k, v):
+  """XLA's attention, its N x N scores recomputed in the backward pass rather than kept (as the
+  fused kernels do): kept, a scan over layers stacks them, [layers, B, H, N, N] per saved tensor."""
   return jax.nn.dot_product_attention(q, k, v, implementation='xla')
 
 
