@@ -89,7 +89,7 @@ def test_flops_of_the_train_step_scale_with_accumulated_micro_batches():
   for accum in (1, 2):
     config = load_config("cast_k400", "tiny")
     config.train.accum_steps = accum
-    config = aot._prepare(config, per_device_batch=1, num_devices=8, platform="cpu")
+    config, _ = aot._prepare(config, per_device_batch=1, num_devices=8, platform="cpu")
     setup = trainer.build_setup(config)
     args = [aot._with_shardings(a, s) for a, s in (
         (setup.abstract_state, setup.state_shardings), (setup.abstract_frozen, setup.frozen_shardings),
@@ -156,6 +156,23 @@ def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
   assert r["device_kind"] == "NVIDIA H100 80GB HBM3"
   assert 0 < r["peak_bytes_per_device"] < r["hbm_bytes_per_device"] == int(0.9 * aot.H100_MEMORY_BYTES)
   assert r["eval_flops_per_device"] == pytest.approx(2 * r["forward_macs_per_clip"] * 16 / 8)
+
+
+@NEEDS_CUDA_PLUGIN
+def test_bfloat16_config_on_h100_compiles_xla_attention_without_a_gpu():
+  # 'auto' picks cuDNN on a GPU in bfloat16, which cannot be traced without one.
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=h100-1", "--per_device_batch=2",
+                 "--config.model.dtype=bfloat16", "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r["fits"] and r["attention"] == "xla (cuDNN's is not compiled without a GPU)"
+
+
+def test_explicit_cudnn_is_refused_for_a_compile_without_a_gpu():
+  config = load_config("cast_k400", "tiny")
+  config.model.update(dtype="bfloat16", attention="cudnn")
+  with pytest.raises(ValueError, match="cannot be compiled without a GPU"):
+    aot._prepare(config, per_device_batch=1, num_devices=8, platform="gpu")
 
 
 def test_per_device_batch_must_split_the_config_batch():

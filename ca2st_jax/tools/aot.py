@@ -253,17 +253,30 @@ def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
 
 def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
   """The config with the global batch this check needs (the trainer's rules otherwise) and the
-  attention kernel that config.model.attention gives on the target, not on this CPU."""
+  attention kernel that config.model.attention gives on the target, not on this CPU; and that
+  kernel's name for the report."""
   from ca2st_jax.models import fused, layers  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
-  config.model.attention = layers.resolve_attention(
-      config.model.attention, fused.dtype_of(config.model), platform)
+  requested = config.model.attention
+  config.model.attention = layers.resolve_attention(requested, fused.dtype_of(config.model), platform)
+  if config.model.attention == "cudnn":
+    # jax.nn.dot_product_attention asks the local cuDNN for its version while tracing: without a
+    # GPU there is none. XLA's attention holds an N x N block per layer that cuDNN's does not, so
+    # the memory figures are an upper bound for a run with cuDNN.
+    if requested == "cudnn":
+      raise ValueError("config.model.attention='cudnn' cannot be compiled without a GPU (tracing "
+                       "cuDNN attention needs the local cuDNN library); use 'auto', which "
+                       "compiles XLA's attention for the GPU target, or 'xla'")
+    config.model.attention = "xla"
+    attention = "xla (cuDNN's is not compiled without a GPU)"
+  else:
+    attention = config.model.attention
   accum = int(config.train.get("accum_steps", 1))
   config.train.batch_size = per_device_batch * num_devices * accum
   if config.train.get("total_steps", None) is None:  # the schedule's length changes nothing compiled
     config.train.total_steps = 1000
     config.train.warmup_steps = 100
-  return config
+  return config, attention
 
 
 def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool = True,
@@ -273,7 +286,8 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
   devices = topology_devices(topology)
   n = len(devices)
-  config = _prepare(config, per_device_batch, n, "gpu" if topology.family is None else "tpu")
+  config, attention = _prepare(config, per_device_batch, n,
+                               "gpu" if topology.family is None else "tpu")
   setup = trainer.build_setup(config, devices=devices)
   micro_batch = per_device_batch * n
   batch_sh = mesh_lib.batch_sharding(setup.mesh)
@@ -286,7 +300,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   result = {
       "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
       "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
-      "attention": config.model.attention,
+      "attention": attention,
       "per_device_batch": per_device_batch, "global_batch": setup.global_batch,
       "accum_steps": int(config.train.get("accum_steps", 1)),
       "hbm_bytes_per_device": train.pop("hbm_seen_by_compiler", topology.hbm_bytes),
