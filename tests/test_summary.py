@@ -58,3 +58,22 @@ def test_count_macs_scan_and_cond():
 
   p = jax.ShapeDtypeStruct((), jnp.bool_)
   assert summary.count_macs(jax.make_jaxpr(branches)(p, x, w).jaxpr) == 4 * 8 * 8
+
+
+def test_train_count_leaves_out_the_attention_recompute():
+  """XLA's attention recomputes its scores in the backward pass; the model's train MACs count the
+  gradient's products as an attention that keeps them would, not the recomputation."""
+  import jax
+  import jax.numpy as jnp
+  from ca2st_jax.models import layers
+
+  x = jax.ShapeDtypeStruct((2, 16, 2, 8), jnp.float32)
+  w = jax.ShapeDtypeStruct((8, 8), jnp.float32)
+  counts = {}
+  for name, attend in (('recomputed', lambda q, k, v: layers.attention(q, k, v, 'xla')),
+                       ('kept', jax.nn.dot_product_attention)):
+    loss = lambda w, x, attend=attend: jnp.sum(attend(x @ w, x @ w, x @ w) ** 2)
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(w, x).jaxpr
+    counts[name] = (summary.count_macs(jaxpr), summary.count_macs(jaxpr, skip_recompute=True))
+  assert counts['kept'][0] == counts['kept'][1] == counts['recomputed'][1]
+  assert counts['recomputed'][0] > counts['recomputed'][1]  # the recomputed q.k

@@ -64,12 +64,28 @@ def _subjaxprs(eqn):
         yield item
 
 
-def count_macs(jaxpr) -> int:
+def count_macs(jaxpr, *, skip_recompute: bool = False) -> int:
   """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included
-  (a scan's body counted once per iteration, a cond's costliest branch)."""
+  (a scan's body counted once per iteration, a cond's costliest branch).
+
+  skip_recompute: in the backward pass of a rematerialised region (XLA's attention recomputes its
+  scores there), count only the products that carry the cotangent, not the recomputed forward:
+  model FLOPs, as MFU counts them. The region must have one output (then its cotangent is the
+  region's last input), which holds for the attention and for nothing else under
+  `counting_config`.
+  """
+  return _count_macs(jaxpr, skip_recompute, cotangent=None)
+
+
+def _count_macs(jaxpr, skip_recompute, cotangent) -> int:
+  carries = set() if cotangent is None else {cotangent}
   macs = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
+    if cotangent is not None:
+      if not any(v in carries for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)):
+        continue  # recomputed forward work
+      carries.update(eqn.outvars)
     if name == 'dot_general':
       lhs, rhs = (v.aval.shape for v in eqn.invars)
       (_, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
@@ -81,7 +97,12 @@ def count_macs(jaxpr) -> int:
       spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, *spatial)
       per_output = math.prod(kernel[d] for d in spec[2:]) * kernel[spec[1]]
       macs += math.prod(out) * per_output
-    sub = [count_macs(j) for j in _subjaxprs(eqn)]
+    if skip_recompute and name == 'remat2' and eqn.params.get('differentiated'):
+      body = eqn.params['jaxpr']
+      body = getattr(body, 'jaxpr', body)
+      macs += _count_macs(body, skip_recompute, cotangent=body.invars[-1])
+      continue
+    sub = [_count_macs(j, skip_recompute, None) for j in _subjaxprs(eqn)]
     if name == 'cond':
       macs += max(sub, default=0)
     elif name == 'scan':
@@ -121,7 +142,7 @@ def train_macs(cfg, model) -> int:
     return sum(jnp.sum(x.astype(jnp.float32)) for x in logits.values())
 
   jaxpr = jax.make_jaxpr(jax.grad(loss))(trainable, rest, abstract_inputs(cfg)).jaxpr
-  return count_macs(jaxpr)
+  return count_macs(jaxpr, skip_recompute=True)
 
 
 def summarize(cfg) -> dict:
