@@ -276,7 +276,8 @@ def _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots) 
       uses[operand].append((body_op, position, type_text))
 
   def written(name) -> int:
-    """Bytes the fusion writes for its output `name`: a dynamic-update-slice writes its update."""
+    """Bytes the fusion writes for its output `name`: an in-place dynamic-update-slice writes its
+    update."""
     instruction = next((i for i in body if i[0] == name), None)
     if instruction is None:
       return 0
@@ -284,7 +285,8 @@ def _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots) 
     operands = _operand_names(body_rest)
     if body_op in ('tuple', 'bitcast'):
       return sum(written(o) for o in operands)
-    if body_op == 'dynamic-update-slice' and len(operands) > 1:
+    if (body_op == 'dynamic-update-slice' and len(operands) > 1 and
+        operands[0] in params.values()):  # updates the buffer it was given, in place
       return _shape_bytes(body_types.get(operands[1], ''))
     return _shape_bytes(type_text)
 
