@@ -7,7 +7,7 @@ r"""Predict the classes of video files with a trained model; timelines and featu
 
 --checkpoint: a training workdir (its latest checkpoint; WORKDIR/best for the best one) or a
 PyTorch state_dict in the reference layout (.pth / .pt / .safetensors: our exports and the
-authors' checkpoints, through ca2st_jax.checkpoints.torch_import). Class names come with the
+authors' checkpoints, through ca2st_jax.interop.torch_import). Class names come with the
 checkpoint (the workdir's labels.json, or `model.labels.json` beside an export); --labels=FILE
 (JSON {"label": [...]} or one name a line) for checkpoints without them.
 
@@ -86,7 +86,7 @@ def load_model(config, checkpoint: str):
                      f'{" / ".join(EXPORT_EXTENSIONS)} file')
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from ca2st_jax import models  # pylint: disable=import-outside-toplevel
-  from ca2st_jax.checkpoints import torch_import  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_import  # pylint: disable=import-outside-toplevel
   model = models.build(config.model, rngs=nnx.Rngs(params=0, dropout=1))
   torch_import.import_checkpoint(model, config.model, checkpoint)
   found = labels_lib.find(checkpoint)
@@ -496,7 +496,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines would bury the predictions
   from ca2st_jax.checkpoints import labels as labels_lib  # pylint: disable=import-outside-toplevel
   from ca2st_jax.checkpoints.orbax import CheckpointError as OrbaxError  # pylint: disable=import-outside-toplevel
-  from ca2st_jax.checkpoints.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     model, names = load_model(config, FLAGS.checkpoint)
     if FLAGS.labels:

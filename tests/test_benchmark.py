@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ca2st_jax.checkpoints import torch_model
+from ca2st_jax.interop import torch_model
 from ca2st_jax.tools import benchmark
 from tests_helpers import ROOT, load_config
 

@@ -12,8 +12,8 @@ import torch
 from flax import nnx
 
 from ca2st_jax import models
-from ca2st_jax.checkpoints import torch_mapping
-from ca2st_jax.checkpoints import torch_model
+from ca2st_jax.interop import torch_mapping
+from ca2st_jax.interop import torch_model
 from ca2st_jax.tools import summary
 from tests_helpers import ROOT, load_config
 

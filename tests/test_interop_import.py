@@ -13,9 +13,9 @@ from torch import nn
 
 from ca2st_jax import config_lib
 from ca2st_jax import models
-from ca2st_jax.checkpoints import torch_import
-from ca2st_jax.checkpoints import torch_io
-from ca2st_jax.checkpoints import torch_mapping
+from ca2st_jax.interop import torch_import
+from ca2st_jax.interop import torch_io
+from ca2st_jax.interop import torch_mapping
 from ca2st_jax.tools import export_torch
 
 transformers = pytest.importorskip('transformers')

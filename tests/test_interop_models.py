@@ -10,8 +10,8 @@ from flax import nnx
 
 from ca2st_jax import config_lib
 from ca2st_jax import models
-from ca2st_jax.checkpoints import torch_model
-from ca2st_jax.checkpoints import torch_mapping
+from ca2st_jax.interop import torch_model
+from ca2st_jax.interop import torch_mapping
 from ca2st_jax.tools import export_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,7 +21,7 @@ from flax import nnx
 
 from ca2st_jax import config_lib
 from ca2st_jax import models
-from ca2st_jax.checkpoints import torch_mapping
+from ca2st_jax.interop import torch_mapping
 from ca2st_jax.train import optim
 
 UNFREEZE = ('cross', 'clip_temporal_embedding', 'Adapter', 'ln_post', 'vmae_fc_norm', 'last_proj',

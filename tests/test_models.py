@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from ca2st_jax import config_lib, models
-from ca2st_jax.checkpoints import torch_mapping
+from ca2st_jax.interop import torch_mapping
 from ca2st_jax.models import bca
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'

@@ -14,7 +14,7 @@ through the trainable set and the activations that lead to it, no weight gradien
 frozen experts), the achieved TFLOP/s and the MFU against the device's bf16 peak.
 
 PyTorch (`--backend=torch` or `both`): the same config through
-`ca2st_jax.checkpoints.torch_model` (the reference's ops; `--torch_attention=sdpa` swaps its
+`ca2st_jax.interop.torch_model` (the reference's ops; `--torch_attention=sdpa` swaps its
 eager attention for PyTorch's fused scaled_dot_product_attention), trained as the authors train:
 AdamW over the same trainable set, fp16 autocast with a GradScaler on CUDA for --dtype=bfloat16
 (bf16 autocast on CPU), fp32 for --dtype=float32, the same mixup and label-smoothed loss.
@@ -396,8 +396,8 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
 def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -> dict:
   """The PyTorch model trained as the authors train it, on the same synthetic batch."""
   import torch  # pylint: disable=g-import-not-at-top
-  from ca2st_jax.checkpoints import torch_model  # pylint: disable=g-import-not-at-top
-  from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.interop import torch_model  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.interop import torch_mapping  # pylint: disable=g-import-not-at-top
   cfg = config.model
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   torch_model.ATTENTION = attention

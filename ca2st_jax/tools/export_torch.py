@@ -9,7 +9,7 @@ freshly initialised and `config.init` imports are applied (so `--config.init.cli
 dict of tensors, loadable with `torch.load(weights_only=True)`) or `.safetensors`, by extension.
 The keys and shapes are exactly the reference model's (`tests/fixtures/reference/*.tsv` at base
 size); CA²ST's shared B-CA tensors are written under every name. Load the file with
-`ca2st_jax.checkpoints.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or
+`ca2st_jax.interop.torch_model.build(config.model).load_state_dict(sd, strict=True)`, or
 into the authors' code.
 """
 from __future__ import annotations
@@ -33,14 +33,14 @@ _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16', 'bfloat16'
 def reference_order(model_config) -> list[str]:
   """The reference state_dict's key order (from the PyTorch model built on the meta device)."""
   import torch  # pylint: disable=import-outside-toplevel
-  from ca2st_jax.checkpoints import torch_model  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_model  # pylint: disable=import-outside-toplevel
   with torch.device('meta'):
     return list(torch_model.build(model_config).state_dict().keys())
 
 
 def export_arrays(model, model_config) -> 'OrderedDict':
   """{reference name: numpy array} in the reference's order, every name of shared tensors."""
-  from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_mapping  # pylint: disable=import-outside-toplevel
   entries = torch_mapping.model_table(model, model_config)
   ref = torch_mapping.to_reference(entries, torch_mapping.model_arrays(model))
   order = reference_order(model_config)
@@ -52,7 +52,7 @@ def export_arrays(model, model_config) -> 'OrderedDict':
 
 def shared_groups(model, model_config) -> dict[str, list[str]]:
   """{first reference name: [other names]} for parameters exported under several names."""
-  from ca2st_jax.checkpoints import torch_mapping  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_mapping  # pylint: disable=import-outside-toplevel
   by_path: dict[str, list[str]] = {}
   for e in torch_mapping.model_table(model, model_config):
     by_path.setdefault(e.jax, []).append(e.ref)
@@ -78,7 +78,7 @@ def fresh_model(config):
   """A freshly initialised model with config.init imports applied."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from ca2st_jax import models  # pylint: disable=import-outside-toplevel
-  from ca2st_jax.checkpoints import torch_import  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_import  # pylint: disable=import-outside-toplevel
   seed = int(config.get('seed', 0) or 0)
   model = models.build(config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
   loaded = torch_import.apply_init(model, config)
@@ -90,7 +90,7 @@ def fresh_model(config):
 def export(config, output, workdir=None, dtype='float32', setup=None) -> OrderedDict:
   """Writes the export and returns the arrays written (float32, before the dtype cast).
   `setup`: an already built trainer Setup for `config` (saves rebuilding it)."""
-  from ca2st_jax.checkpoints import torch_io  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_io  # pylint: disable=import-outside-toplevel
   parent = os.path.dirname(os.path.abspath(output))
   os.makedirs(parent, exist_ok=True)   # before the (slow) restore, so a bad path fails first
   model = model_from_workdir(config, workdir, setup) if workdir else fresh_model(config)
@@ -118,7 +118,7 @@ def main(argv):
     raise app.UsageError('--config=configs/<name>.py and --output=PATH are required')
   if not _OUTPUT.value.endswith(('.pth', '.pt', '.bin', '.safetensors')):
     raise app.UsageError('--output must end in .pth, .pt, .bin or .safetensors')
-  from ca2st_jax.checkpoints.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
     arrays = export(_CONFIG.value, _OUTPUT.value, _WORKDIR.value, _DTYPE.value)
   except (CheckpointError, OSError, ValueError, NotImplementedError) as e:

@@ -227,7 +227,7 @@ def import_init(config, setup: Setup, state, frozen, rest):
   # Only checkpoint paths ask for an import; ast_pos_mode is an option of the AST import.
   if not init or not any(init.get(k, "") for k in ("checkpoint", "clip", "videomae", "ast")):
     return state, frozen
-  from ca2st_jax.checkpoints import torch_import  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.interop import torch_import  # pylint: disable=g-import-not-at-top
   host = lambda tree: jax.tree.map(evaluate_lib.gather, tree)  # pylint: disable=unnecessary-lambda-assignment
   # rest (RNG streams) is not touched by the import, so it stays as it is.
   model = nnx.merge(setup.graphdef, host(state["params"]), host(frozen), rest)

@@ -786,11 +786,11 @@ def build(model_config) -> nn.Module:
 def from_checkpoint(path, model_config, container: str | None = None) -> nn.Module:
   """The model for `config.model` with a reference-layout checkpoint loaded strictly.
 
-  Reads any file `ca2st_jax.checkpoints.torch_io` reads (our exports, official CAST DeepSpeed
+  Reads any file `ca2st_jax.interop.torch_io` reads (our exports, official CAST DeepSpeed
   checkpoints, the authors' state_dicts; `.pth` or `.safetensors`), without executing code.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from ca2st_jax.checkpoints import torch_io  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.interop import torch_io  # pylint: disable=import-outside-toplevel
   model = build(model_config)
   sd = torch_io.strip_prefixes(torch_io.read_tensors(path, container), ('module.',))
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)

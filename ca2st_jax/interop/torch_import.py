@@ -31,8 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ca2st_jax.checkpoints import torch_mapping
-from ca2st_jax.checkpoints.torch_io import CheckpointError, read_tensors, strip_prefixes, to_numpy
+from ca2st_jax.interop import torch_mapping
+from ca2st_jax.interop.torch_io import CheckpointError, read_tensors, strip_prefixes, to_numpy
 
 EXPERT_GROUPS = {'clip': 'clip', 'videomae': 'vmae', 'ast': 'ast'}
 EXPERT_MODULES = {'clip': 'spatial', 'videomae': 'temporal', 'ast': 'audio'}

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from ca2st_jax.checkpoints.torch_io import CheckpointError
+from ca2st_jax.interop.torch_io import CheckpointError
 
 _TRANSFORMS: dict[str, tuple[Callable, Callable, Callable]] = {
     # name: (reference -> jax array, jax -> reference array, jax shape -> reference shape)
