@@ -109,13 +109,16 @@ def _recipe(config, variant, *, batch_size, total_epochs, mixup_prob, lr, layer_
       batch_size=batch_size, accum_steps=1, total_epochs=total_epochs, warmup_epochs=5,
       total_steps=placeholder(int), warmup_steps=placeholder(int),
       trainable='reference', mixup_alpha=0.8, mixup_prob=mixup_prob, label_smoothing=0.1,
+      mixup_audio=False,        # mix the spectrogram too (the authors' --mixup_spec, off in their runs)
       log_every=50, eval_every=0, ckpt_every=1000))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.ckpt = ml_collections.ConfigDict(dict(keep=2))
   config.optim = ml_collections.ConfigDict(dict(
       lr=lr, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
       layer_decay=layer_decay, clip_grad_norm=placeholder(float), betas=(0.9, 0.999), eps=1e-8))
-  config.eval = ml_collections.ConfigDict(dict(best_metric='top1', with_map=with_map))
+  config.eval = ml_collections.ConfigDict(dict(
+      best_metric='top1', with_map=with_map,
+      write_predictions=False))  # per-video predictions of each eval, in the workdir
   if variant == 'tiny':  # a few CPU steps of the same recipe
     config.train.update(batch_size=2, total_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
   return config
