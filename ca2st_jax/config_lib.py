@@ -1,5 +1,20 @@
-"""Shared pieces of the configs in configs/: the model and data sections, the training recipes
-and the :tiny variant."""
+"""Shared pieces of the configs in configs/: the model and data sections, the training recipes,
+the :tiny variant and the loader.
+
+A paper config is a data set file, configs/<data set>.py, called with a model:
+--config=configs/vggsound.py:cava, or :cava,tiny for the same code at CPU-test size. Each
+configs/<model>_<data set>.py (configs/cava_vggsound.py[:tiny]) names the same config. Train and
+evaluate from the experts' public checkpoints (no downloads at run time), passing those the model
+has (CAST: clip and videomae; CAVA: clip and ast; CA²ST: all three):
+  python -m ca2st_jax.main --config=configs/ca2st_vggsound.py --workdir=$WORKDIR \\
+      --config.init.clip=ViT-B-16.pt --config.init.videomae=videomae_vit_b_k400_ft.pth \\
+      --config.init.ast=audioset_10_10_0.4593.pth
+Model summary (parameters, GMACs per view):
+  python -m ca2st_jax.tools.summary --config=configs/ca2st_vggsound.py
+"""
+import importlib.util
+import os
+
 import ml_collections
 
 VARIANTS = ('', 'tiny')
@@ -32,7 +47,9 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return model
 
 
-AUTO_WORKERS = -1  # config.data.num_workers: one Grain worker per core (pipeline.resolve_num_workers)
+# config.data.num_workers: as many Grain workers as this process may run on cores, less one for
+# the training loop (at least one, at most pipeline.MAX_AUTO_WORKERS; pipeline.resolve_num_workers).
+AUTO_WORKERS = -1
 
 # Every config.data field and its default: the one place they are written (SPEC §9 for K400).
 # The pipeline reads them as they are (ca2st_jax.data.pipeline.clip_options and Source).
@@ -54,28 +71,17 @@ DATA_DEFAULTS = dict(
     test_num_clips=2, test_num_crops=3,
     audio=True, audio_sample_rate=16000, spec_augment=True, time_mask=70, freq_mask=20)
 
-# Spellings of earlier versions: a clear error instead of a field that is silently not read.
-MOVED_FIELDS = {
-    'data.batch_size': 'config.train.batch_size (the global batch the learning rate is scaled '
-                       'for; one field for the model and the input pipeline)',
-    'eval.batch_size': 'config.data.eval_batch_size',
-}
-
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
   """config.data: every field of DATA_DEFAULTS (so each one can be set from the command line),
-  with this benchmark's values in `overrides`."""
+  with this data set's values in `overrides`."""
   data = ml_collections.ConfigDict({**DATA_DEFAULTS, **overrides})
   check_fields(ml_collections.ConfigDict(dict(data=data)))
   return data
 
 
 def check_fields(config) -> None:
-  """Raises ValueError naming a config.data field that is unknown, missing or a moved spelling."""
-  for where, new in MOVED_FIELDS.items():
-    section, key = where.split('.')
-    if key in (config.get(section, None) or {}):
-      raise ValueError(f'config.{where} is no longer read: set {new}')
+  """Raises ValueError naming a config.data field that is unknown or missing."""
   unknown = set(config.data) - set(DATA_DEFAULTS)
   if unknown:
     raise ValueError(f'unknown config.data fields {sorted(unknown)}; '
@@ -86,37 +92,73 @@ def check_fields(config) -> None:
                      f'config_lib.data_config(...)')
 
 
-def cast_recipe(config, variant: str, *, batch_size: int, total_epochs: int, mixup_prob: float):
+def paper_config(model: str, *, data: dict, spectrogram_length: int = 1024,
+                 **classes) -> ml_collections.ConfigDict:
+  """config.model, init and data of `model` ('cast', 'cava', 'ca2st', or one of them +
+  '_compositional') on a data set: its config.data values `data`, its classes (num_classes, or
+  num_verbs and num_nouns) and the audio models' spectrogram length. CAST reads no audio."""
+  config = ml_collections.ConfigDict()
+  # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint of the
+  # reference layout in `checkpoint`.
+  config.init = ml_collections.ConfigDict(dict(clip='', videomae='', ast='', checkpoint=''))
+  if model.startswith('cast'):
+    config.model = model_config(model, **classes)
+    config.data = data_config(**data, audio=False)
+  else:
+    config.model = model_config(model, spectrogram_length=spectrogram_length, **classes)
+    config.data = data_config(**data)
+    # 'reference' adapts AST's positional grid as the authors' loader does (lossy at T=1024);
+    # 'ast' as the original AST recipe.
+    config.init.ast_pos_mode = 'reference'
+  return config
+
+
+def cast_recipe(config, *, batch_size: int, total_epochs: int, drop_path: float,
+                mixup_prob: float):
   """The CAST training recipe (SPEC §9: the authors' scripts/{kinetics,ssv2,ek100}/*.sh), the
   values that differ per data set as arguments. batch_size is the global batch of one optimiser
   step (accum_steps micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256."""
-  return _recipe(config, variant, batch_size=batch_size, total_epochs=total_epochs,
+  return _recipe(config, batch_size=batch_size, total_epochs=total_epochs, drop_path=drop_path,
                  mixup_prob=mixup_prob, lr=0.001, layer_decay=0.75, with_map=False)
 
 
-def audio_visual_recipe(config, variant: str, *, with_map: bool = False):
-  """The CAVA / CA²ST training recipe shared by the audio-visual configs (SPEC §9; the authors'
+def audio_visual_recipe(config, *, with_map: bool = False):
+  """The CAVA / CA²ST training recipe of the audio-visual data sets (SPEC §9; the authors'
   notebook: 6 GPUs x 2). batch_size is the global batch of one optimiser step (accum_steps
-  micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256."""
-  return _recipe(config, variant, batch_size=12, total_epochs=50, mixup_prob=0.9, lr=0.0005,
-                 layer_decay=0.8, with_map=with_map)
+  micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256. with_map: the eval
+  also reports mAP."""
+  return _recipe(config, batch_size=12, total_epochs=50, drop_path=0.2, mixup_prob=0.9,
+                 lr=0.0005, layer_decay=0.8, with_map=with_map)
 
 
-def _recipe(config, variant, *, batch_size, total_epochs, mixup_prob, lr, layer_decay, with_map):
-  """config.train / mesh / ckpt / optim / eval of a paper recipe (the common part: SPEC §9)."""
+def _recipe(config, *, batch_size, total_epochs, drop_path, mixup_prob, lr, layer_decay,
+            with_map):
+  """config.model.drop_path and config.train / mesh / ckpt / optim / eval of a paper recipe (the
+  common part: SPEC §9)."""
   placeholder = ml_collections.config_dict.placeholder
+  config.model.drop_path = drop_path
   config.train = ml_collections.ConfigDict(dict(
       batch_size=batch_size, accum_steps=1, total_epochs=total_epochs, warmup_epochs=5,
       total_steps=placeholder(int), warmup_steps=placeholder(int),
       trainable='reference', mixup_alpha=0.8, mixup_prob=mixup_prob, label_smoothing=0.1,
+      mixup_audio=False,  # mix the spectrogram too: the authors' --mixup_spec, off in their runs
       log_every=50, eval_every=0, ckpt_every=1000))
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   config.ckpt = ml_collections.ConfigDict(dict(keep=2))
   config.optim = ml_collections.ConfigDict(dict(
       lr=lr, min_lr=1e-6, warmup_lr=0.0, scale_lr_by_batch=True, weight_decay=0.05,
       layer_decay=layer_decay, clip_grad_norm=placeholder(float), betas=(0.9, 0.999), eps=1e-8))
-  config.eval = ml_collections.ConfigDict(dict(best_metric='top1', with_map=with_map))
-  if variant == 'tiny':  # a few CPU steps of the same recipe
+  config.eval = ml_collections.ConfigDict(dict(
+      best_metric='top1', with_map=with_map,
+      write_predictions=False))  # per-video predictions of each eval, in the workdir
+  return config
+
+
+def with_variant(config, variant: str):
+  """`config` as the variant asks: '' as it is, 'tiny' its model at CPU-test size for a few steps
+  of the same recipe."""
+  if variant == 'tiny':
+    tiny(config.model)
     config.train.update(batch_size=2, total_steps=2, warmup_steps=1, log_every=1, ckpt_every=2)
   return config
 
@@ -136,3 +178,33 @@ def parse_variant(arg) -> str:
   if variant not in VARIANTS:
     raise ValueError(f'unknown config variant {variant!r}; expected one of {VARIANTS[1:]} or none')
   return variant
+
+
+def parse_model_arg(arg, models: tuple[str, ...]) -> tuple[str, str]:
+  """'<model>[,<variant>]', what follows ':' in --config=configs/<data set>.py:cava,tiny ->
+  (model, variant)."""
+  model, _, variant = (arg or '').partition(',')
+  if model not in models:
+    raise ValueError(f'config argument {arg!r}: name a model of this data set, one of {models} '
+                     f"(then ',tiny' for the CPU-sized variant), e.g. "
+                     f'--config=configs/<data set>.py:{models[0]}')
+  return model, parse_variant(variant)
+
+
+def load_config(path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """What --config=<path>[:<arg>] loads: get_config(arg) of the config file at `path`
+  (get_config() when arg is None)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path} not found')
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f'configs.{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
+def dataset_config(beside: str, dataset: str, model: str, variant: str | None = None):
+  """configs/<dataset>.py:<model>[,<variant>], configs/ being the folder of the file `beside`:
+  what a configs/<model>_<dataset>.py returns."""
+  arg = f'{model},{variant}' if variant else model
+  return load_config(os.path.join(os.path.dirname(os.path.abspath(beside)), f'{dataset}.py'), arg)

@@ -17,8 +17,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ca2st_jax import config_lib
-
 config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
@@ -78,10 +76,6 @@ def parse_flags(argv):
     bad = [o for o in overrides if o.rsplit(".", 1)[-1] in names]
     where = bad[0] if bad else "a --config.* override"
     key = bad[0].rsplit(".", 1)[-1] if bad else (names[0] if names else str(e))
-    moved = config_lib.MOVED_FIELDS.get(where.removeprefix("--config."))
-    if moved:
-      print(f"error: {where}: no longer a field: set {moved}", file=sys.stderr, flush=True)
-      sys.exit(2)
     print(f"error: {where}: the config has no field {key!r} (see the config file for its fields)",
           file=sys.stderr, flush=True)
     sys.exit(2)

@@ -1,37 +1,9 @@
-"""CAVA on EPIC-SOUNDS.
+"""CAVA on EPIC-SOUNDS: configs/epic_sounds.py:cava (the data set, its paper figures).
 
-Train and evaluate (experts from their public checkpoints, no downloads at run time):
-  python -m ca2st_jax.main --config=configs/cava_epic_sounds.py --workdir=$WORKDIR \\
-      --config.init.clip=ViT-B-16.pt --config.init.ast=audioset_10_10_0.4593.pth
-Model summary (parameters, GMACs per view):
-  python -m ca2st_jax.tools.summary --config=configs/cava_epic_sounds.py
-CPU-sized variant of the same code: --config=configs/cava_epic_sounds.py:tiny
-
-Paper: CA²ST reaches 61.0 top-1 on EPIC-SOUNDS.
-Eval views: 2 temporal clips x 3 crops. The authors' runners default to `--test_num_segment 5`,
-but their EPIC-SOUNDS test mode (joohyun7u/CA2ST dataset/epic_sounds.py) takes view k as
-frames [k::2] of the sorted union of two TSN offsets and only yields 16 frames per view for
-test_num_segment 2, so EPIC-SOUNDS runs used 2; no published script says otherwise.
-The eval audio window moves with the view as in their test mode.
+CPU-sized: --config=configs/cava_epic_sounds.py:tiny. Commands: ca2st_jax/config_lib.py.
 """
-import ml_collections
-
 from ca2st_jax import config_lib
 
 
 def get_config(arg=None):
-  variant = config_lib.parse_variant(arg)
-  config = ml_collections.ConfigDict()
-  config.model = config_lib.model_config('cava', num_classes=44, spectrogram_length=400, drop_path=0.2)
-  # Expert checkpoints to start from (paths; empty = random init); a whole-model checkpoint
-  # of the reference layout in `checkpoint`.
-  # ast_pos_mode 'reference' adapts AST's positional grid as the authors' loader does
-  # (lossy at T=1024); 'ast' as the original AST recipe.
-  config.init = ml_collections.ConfigDict(dict(
-      clip='', videomae='', ast='', checkpoint='', ast_pos_mode='reference'))
-  config.data = config_lib.data_config(
-      name='epic_sounds', eval_split='validation', sampling='tsn', test_num_clips=2)
-  if variant == 'tiny':
-    config_lib.tiny(config.model)
-  config_lib.audio_visual_recipe(config, variant, with_map=True)
-  return config
+  return config_lib.dataset_config(__file__, 'epic_sounds', 'cava', arg)

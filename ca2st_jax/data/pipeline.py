@@ -40,7 +40,7 @@ from ca2st_jax.data import audio as audio_lib
 from ca2st_jax.data import decode, sampling, transforms
 
 LABEL_KEYS = ('label', 'verb', 'noun')
-AUTO_WORKERS = config_lib.AUTO_WORKERS  # config.data.num_workers: one Grain worker per core
+AUTO_WORKERS = config_lib.AUTO_WORKERS  # config.data.num_workers: the cores less one (below)
 MAX_AUTO_WORKERS = 32     # each worker is a process with its own buffers: bound the memory
 
 
@@ -54,7 +54,8 @@ def resolve_num_workers(num_workers: int) -> int:
   if num_workers >= 0:
     return num_workers
   if num_workers != AUTO_WORKERS:
-    raise ValueError(f'config.data.num_workers={num_workers}: expected >= 0, or -1 for one per core')
+    raise ValueError(f'config.data.num_workers={num_workers}: expected >= 0, or -1 for the cores '
+                     'less one')
   try:
     cores = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
@@ -215,7 +216,7 @@ def open_split(ds_dir: str, split: str):
 
 
 def _checked_data(config):
-  """config.data, after config_lib.check_fields (unknown, missing and moved fields are errors)."""
+  """config.data, after config_lib.check_fields (unknown and missing fields are errors)."""
   config_lib.check_fields(config)
   return config.data
 
