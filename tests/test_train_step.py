@@ -79,7 +79,7 @@ def test_mixup_drawn_per_shard_and_micro_batch_paired_within_shard():
   x = np.arange(rows, dtype=np.float32)[:, None] * np.ones((1, 5), np.float32)
   y = np.arange(rows, dtype=np.int32)
   out, lam = losses.mix_batch({"video": x, "label": y}, jax.random.PRNGKey(0), shards=shards,
-                              accum=accum, alpha=0.8, prob=1.0)
+                              accum=accum, alpha=0.8, prob=1.0, mix_keys=("video",))
   lam = np.asarray(lam)
   assert lam.shape == (shards, accum) and len(np.unique(lam)) == shards * accum
   video, partner = np.asarray(out["video"]), np.asarray(out["partner_label"])
@@ -131,7 +131,7 @@ def test_compositional_verb_noun_loss_and_action_metrics(tmp_path):
   cfg = toy.config(total_steps=2)
   cfg.model.compositional = True
   train, ev = toy.data(compositional=True)
-  src = input_lib.InMemorySource(train, ev, global_batch=8, eval_batch_size=8)
+  src = input_lib.InMemorySource(train, ev, global_batch=cfg.train.batch_size, eval_batch_size=8)
   res = tr.train_and_evaluate(cfg, str(tmp_path), "train_and_eval", source=src, model_lib=toy.LIB,
                               devices=jax.devices()[:1])
   videos = res["num_videos"]

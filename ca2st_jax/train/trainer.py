@@ -137,6 +137,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   alpha = float(tcfg.get("mixup_alpha", 0.0))
   mix_prob = float(tcfg.get("mixup_prob", 0.0))
   smoothing = float(tcfg.get("label_smoothing", 0.0))
+  mix_keys = mixup_keys(tcfg)
 
   def forward(params, frozen, rest, inputs, rng, deterministic):
     # Fresh Variable objects at the current trace level (reseed and dropout counters mutate them).
@@ -167,7 +168,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
       inputs["audio"] = batch["audio"].astype(jnp.float32)
     inputs.update({k: batch[k] for k in ("audio_times", *losses.LABEL_KEYS) if k in batch})
     micro_all, lam = losses.mix_batch(inputs, mix_rng, shards=shards, accum=accum, alpha=alpha,
-                                      prob=mix_prob)
+                                      prob=mix_prob, mix_keys=mix_keys)
     if accum == 1:
       micro = jax.tree.map(lambda x: x[0], micro_all)
       loss, grads = jax.value_and_grad(loss_fn)(state["params"], frozen, rest, micro, drop_rng)
@@ -208,6 +209,28 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
                init_fn=init_fn, train_step=train_step_jit, eval_step=eval_step_jit,
                global_batch=global_batch, trainable=trainable, total_steps=durations["total_steps"],
                warmup_steps=durations["warmup_steps"])
+
+
+def mixup_keys(tcfg) -> tuple[str, ...]:
+  """The inputs mixup mixes (the targets always are): the video, and the spectrogram only with
+  config.train.mixup_audio, as the reference's --mixup_spec (off in every published script)."""
+  return ("video", "audio") if tcfg.get("mixup_audio", False) else ("video",)
+
+
+def check_mixup_batch(config, mesh):
+  """Mixup pairs each clip with its mirror in its device's micro-batch: an odd one would pair its
+  middle clip with itself (the reference's Mixup refuses it)."""
+  tcfg = config.train
+  if not (float(tcfg.get("mixup_alpha", 0.0)) and float(tcfg.get("mixup_prob", 0.0))):
+    return
+  shards, accum = mesh_lib.num_batch_shards(mesh), int(tcfg.get("accum_steps", 1))
+  micro = int(tcfg.batch_size) // (shards * accum)
+  if micro % 2:
+    raise ValueError(
+        f"mixup needs an even per-device micro-batch, got config.train.batch_size="
+        f"{int(tcfg.batch_size)} / {shards} batch shards (config.mesh data x fsdp) / "
+        f"config.train.accum_steps={accum} = {micro}: change one of them, or set "
+        "config.train.mixup_prob=0")
 
 
 def checkpointer(config, workdir, setup: Setup) -> orbax_ckpt.Checkpointer:
@@ -327,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     labels_lib.write(epath.Path(workdir) / labels_lib.WORKDIR_FILE, class_names)
   setup = build_setup(config, model_lib=model_lib, devices=devices,
                       num_train_examples=getattr(source, "num_train_examples", None))
+  check_mixup_batch(config, setup.mesh)
   tcfg, ecfg = config.train, config.get("eval", ml_collections.ConfigDict())
   with_map = bool(ecfg.get("with_map", False))
   best_metric = ecfg.get("best_metric", "top1")
