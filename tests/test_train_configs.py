@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import trainer
+from sources import InMemorySource
 
 
 def _config(name, arg=None):
@@ -174,7 +174,7 @@ def test_every_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, comp
   cfg.train.update(batch_size=8, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
                    ckpt_every=1)
   train, evaluation, heads = _in_memory_data(cfg)
-  source = input_lib.InMemorySource(train, evaluation, global_batch=8, eval_batch_size=8)
+  source = InMemorySource(train, evaluation, global_batch=8, eval_batch_size=8)
   wd = str(tmp_path / "wd")
   res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=source)
   assert jax.device_count() == 8

@@ -8,9 +8,9 @@ import pytest
 import test_train_toy as toy
 from ca2st_jax.data.transforms import normalize_video_np
 from ca2st_jax.models import fused
-from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import mesh as mesh_lib
 from ca2st_jax.train import trainer
+from sources import InMemorySource
 from tests_helpers import load_config
 
 SHARDS, BATCH, CLASSES, SMOOTHING = 4, 8, 5, 0.1  # 2 clips per shard: each paired with the other
@@ -149,7 +149,7 @@ def test_odd_micro_batch_refused_with_mixup(batch_size, data, accum):
 def test_odd_micro_batch_refused_before_training(tmp_path):
   cfg = toy.config(batch_size=8)  # on the 8 devices: 1 clip per device
   train, ev = toy.data()
-  src = input_lib.InMemorySource(train, ev, global_batch=8, eval_batch_size=8)
+  src = InMemorySource(train, ev, global_batch=8, eval_batch_size=8)
   with pytest.raises(ValueError, match="mixup needs an even per-device micro-batch"):
     trainer.train_and_evaluate(cfg, str(tmp_path), "train", source=src, model_lib=toy.LIB)
-  assert not (tmp_path / "ckpt").exists()
+  assert not (tmp_path / "ckpt").exists() and not (tmp_path / "config.json").exists()
