@@ -21,8 +21,6 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard.")
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
-flags.DEFINE_bool("ckpt_fallback", True, "When the latest checkpoint cannot be read, resume from the "
-                  "newest one that can (saying so); --nockpt_fallback stops instead.")
 
 
 def main(argv):
@@ -49,8 +47,7 @@ def main(argv):
   print(f"ca2st_jax: mode={flags.FLAGS.mode} workdir={workdir} devices={jax.device_count()} "
         f"({jax.devices()[0].platform})", flush=True)
   try:
-    result = trainer.train_and_evaluate(config, workdir, flags.FLAGS.mode,
-                                        ckpt_fallback=flags.FLAGS.ckpt_fallback)
+    result = trainer.train_and_evaluate(config, workdir, flags.FLAGS.mode)
   except (ValueError, FileNotFoundError, trainer.NonFiniteLossError,
           orbax_ckpt.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

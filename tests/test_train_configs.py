@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ca2st_jax import config_lib
-from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import trainer
+from sources import InMemorySource
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -169,7 +169,8 @@ def compile_once_per_program(tmp_path_factory):
 def test_every_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, compile_once_per_program):
   """configs/<name>.py at :tiny through the real trainer on the 8 simulated devices: one train
   step, its checkpoint, one eval pass (4 videos x 2 views in one eval batch). The config's
-  :tiny global batch (2) does not split over 8 devices: it runs at 8, in-memory inputs."""
+  :tiny global batch (2) does not split over 8 devices: it runs at 16 (mixup pairs clips within a
+  device, so each holds two), in-memory inputs."""
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
@@ -179,10 +180,10 @@ def test_every_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, comp
   for field in ("num_classes", "num_verbs", "num_nouns"):
     if field in cfg.model:
       cfg.model[field] = 5
-  cfg.train.update(batch_size=8, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
+  cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
                    ckpt_every=1)
-  train, evaluation, heads = _in_memory_data(cfg)
-  source = input_lib.InMemorySource(train, evaluation, global_batch=8, eval_batch_size=8)
+  train, evaluation, heads = _in_memory_data(cfg, num_train=16)
+  source = InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8)
   wd = str(tmp_path / "wd")
   res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=source)
   assert jax.device_count() == 8

@@ -10,16 +10,16 @@ import pytest
 
 import test_train_toy as toy
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
-from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import trainer
+from sources import InMemorySource
 
 STEPS = 6
 
 
 def _source(cfg, **kw):
   train, ev = toy.data(**kw)
-  return input_lib.InMemorySource(train, ev, global_batch=cfg.train.batch_size,
-                                  eval_batch_size=cfg.data.eval_batch_size)
+  return InMemorySource(train, ev, global_batch=cfg.train.batch_size,
+                        eval_batch_size=cfg.data.eval_batch_size)
 
 
 def _params(workdir, cfg):
@@ -119,9 +119,13 @@ def test_unreadable_latest_checkpoint_falls_back_to_newest_good_step(uninterrupt
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"not a checkpoint")
+  # With no older step to fall back to, the error names the unreadable one.
+  only_6 = str(tmp_path / "only_6")
+  shutil.copytree(wd, only_6)
+  shutil.rmtree(os.path.join(only_6, "ckpt", "4"))
   with pytest.raises(orbax_ckpt.CheckpointError, match=r"checkpoint step 6 \(.*ckpt/6\) cannot"):
-    trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg), model_lib=toy.LIB,
-                               ckpt_fallback=False)
+    trainer.train_and_evaluate(cfg, only_6, "train_and_eval", source=_source(cfg),
+                               model_lib=toy.LIB)
   res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=_source(cfg),
                                    model_lib=toy.LIB)
   a, b = _params(wd, cfg), _params(full_wd, cfg)  # step 6 again, trained from step 4
@@ -133,7 +137,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_newest_good_step(uninterrupt
 def test_class_count_checked_and_config_written_only_once_data_opened(tmp_path):
   cfg = toy.config(total_steps=2)
 
-  class SevenClasses(input_lib.InMemorySource):
+  class SevenClasses(InMemorySource):
     def num_classes(self):
       return {"label": 7}
 

@@ -8,10 +8,10 @@ import pytest
 
 import test_train_toy as toy
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
-from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import losses
 from ca2st_jax.train import mesh as mesh_lib
 from ca2st_jax.train import trainer
+from sources import InMemorySource
 
 # Mixup is drawn per batch shard, so meshes with the same number of batch shards (data x fsdp)
 # train identically; the 1-device run is compared with mixup off.
@@ -28,8 +28,8 @@ def _run(mesh_shape, steps=3, **train):
   frozen0 = jax.tree.map(np.asarray, frozen)
   params0 = jax.tree.map(np.asarray, state["params"])
   train, _ = toy.data()
-  it = input_lib.InMemorySource(train, None, global_batch=cfg.train.batch_size,
-                                eval_batch_size=8).train_iterator()
+  it = InMemorySource(train, None, global_batch=cfg.train.batch_size,
+                      eval_batch_size=8).train_iterator()
   loss_values = []
   for _ in range(steps):
     batch = mesh_lib.global_batch(next(it), setup.mesh)
@@ -66,20 +66,13 @@ def test_parameters_and_frozen_experts_sharded_over_fsdp(runs):
     assert any("fsdp" in tuple(s) for s in specs), specs
 
 
-def test_tensor_parallelism_refused():
-  cfg = toy.config()
-  cfg.mesh.update(data=4, fsdp=1, tensor=2)
-  with pytest.raises(ValueError, match="config.mesh.tensor=2: tensor parallelism is not supported"):
-    trainer.build_setup(cfg, model_lib=toy.LIB)
-
-
 def test_mixup_drawn_per_shard_and_micro_batch_paired_within_shard():
   shards, accum, m = 4, 2, 3
   rows = shards * accum * m
   x = np.arange(rows, dtype=np.float32)[:, None] * np.ones((1, 5), np.float32)
   y = np.arange(rows, dtype=np.int32)
   out, lam = losses.mix_batch({"video": x, "label": y}, jax.random.PRNGKey(0), shards=shards,
-                              accum=accum, alpha=0.8, prob=1.0)
+                              accum=accum, alpha=0.8, prob=1.0, mix_keys=("video",))
   lam = np.asarray(lam)
   assert lam.shape == (shards, accum) and len(np.unique(lam)) == shards * accum
   video, partner = np.asarray(out["video"]), np.asarray(out["partner_label"])
@@ -131,7 +124,7 @@ def test_compositional_verb_noun_loss_and_action_metrics(tmp_path):
   cfg = toy.config(total_steps=2)
   cfg.model.compositional = True
   train, ev = toy.data(compositional=True)
-  src = input_lib.InMemorySource(train, ev, global_batch=8, eval_batch_size=8)
+  src = InMemorySource(train, ev, global_batch=cfg.train.batch_size, eval_batch_size=8)
   res = tr.train_and_evaluate(cfg, str(tmp_path), "train_and_eval", source=src, model_lib=toy.LIB,
                               devices=jax.devices()[:1])
   videos = res["num_videos"]

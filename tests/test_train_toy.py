@@ -84,8 +84,8 @@ def config(**train):
   c.model = dict(name="toy", width=16, depth=2, image_size=4, num_frames=4, num_classes=5,
                  num_verbs=3, num_nouns=4, compositional=False)
   c.data = dict(name="in_memory", eval_batch_size=8)
-  c.mesh = dict(data=-1, fsdp=1, tensor=1, fsdp_min_size=0)
-  c.train = dict(batch_size=8, total_steps=3, warmup_steps=1, accum_steps=1, mixup_alpha=0.8,
+  c.mesh = dict(data=-1, fsdp=1, fsdp_min_size=0)
+  c.train = dict(batch_size=16, total_steps=3, warmup_steps=1, accum_steps=1, mixup_alpha=0.8,
                  mixup_prob=1.0, label_smoothing=0.1, log_every=1, ckpt_every=100, eval_every=0)
   c.train.update(train)
   c.optim = dict(lr=0.05, min_lr=1e-4, warmup_lr=0.0, weight_decay=0.05, layer_decay=0.75,

@@ -104,24 +104,26 @@ class Checkpointer:
     frozen = unflatten(r["frozen"], self.abstract_frozen) if self.save_frozen else None
     return state, frozen, r["data"], r["meta"]
 
-  def restore_newest_good(self, fallback: bool = True):
-    """(step, restored) of the newest latest-checkpoint step that reads back.
+  def restore_newest_good(self):
+    """(step, restored) of the newest latest-checkpoint step that reads back, or (None, None)
+    when there is none.
 
-    A step that does not read raises CheckpointError naming it, or with `fallback` is reported and
-    the next older step tried.
+    A step that does not read (a file damaged after Orbax committed it: a disk fault, a partial
+    copy of the workdir) is reported and the next older one tried, so a long run loses
+    ckpt_every steps instead of stopping; the resumed run saves over it. CheckpointError when no
+    step reads.
     """
     steps = sorted(self.latest.all_steps(), reverse=True)
     for i, step in enumerate(steps):
       try:
         return step, self.restore(step)
+      # Orbax and TensorStore raise many kinds (KeyError, ValueError, their own) for a bad file.
       except Exception as e:  # pylint: disable=broad-except
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         msg = (f"checkpoint step {step} ({self.dirs['latest'] / str(step)}) cannot be read: "
                f"{type(e).__name__}: {first[:300]}")
-        if not fallback or i + 1 == len(steps):
-          hint = ("; no older step to fall back to" if fallback else
-                  "; run without --nockpt_fallback to resume from the newest good step instead")
-          raise CheckpointError(msg + hint) from None
+        if i + 1 == len(steps):
+          raise CheckpointError(msg + "; no older step to fall back to") from None
         print(f"{msg}; falling back to step {steps[i + 1]}", flush=True)
         self.unreadable.add(step)
     return None, None

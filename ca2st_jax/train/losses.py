@@ -5,7 +5,9 @@ Mixup as the reference draws it: one λ (and one coin for whether to mix at all)
 micro-batch, each clip paired with its mirror in that micro-batch (`x.flip(0)`). Here the
 micro-batch of one device is one batch shard (mesh data x fsdp) of one accumulation micro-batch,
 so `mix_batch` draws λ per (shard, micro-batch) and pairs rows within the shard: no clip leaves
-its device.
+its device. The targets are always mixed; which inputs are is the caller's choice (`mix_keys`):
+the reference's audio-visual runner mixes the video, and the spectrogram only with --mixup_spec
+(config.train.mixup_audio), off by default and in every published script.
 """
 from __future__ import annotations
 
@@ -46,13 +48,13 @@ def mixup_lambdas(rng, shape, alpha, prob):
   return jnp.where(jax.random.uniform(k2, shape) < prob, lam, 1.0)
 
 
-def mix_batch(batch, rng, *, shards, accum, alpha, prob, mix_keys=("video", "audio")):
+def mix_batch(batch, rng, *, shards, accum, alpha, prob, mix_keys):
   """Mixup of a global batch, drawn per (batch shard, micro-batch) and paired within it.
 
   `batch` rows are laid out as the mesh shards them: shard s holds rows [s*n, (s+1)*n), and
   micro-batch a of the shard is its rows [a*m, (a+1)*m) with m = n / accum. Returns the batch
-  reshaped to [accum, shards * m, ...] (micro-batch major, ready for a scan), with the mixed
-  inputs, per-row 'mixup_lambda' and each label's partner as 'partner_<key>'.
+  reshaped to [accum, shards * m, ...] (micro-batch major, ready for a scan), with the inputs
+  named in `mix_keys` mixed, per-row 'mixup_lambda' and each label's partner as 'partner_<key>'.
   """
   rows = next(iter(batch.values())).shape[0]
   m = rows // (shards * accum)

@@ -11,7 +11,7 @@ No tensor parallelism: these are ViT-B experts (768 wide, 12 heads, 86M paramete
 activations and fsdp-sharded weights fit one accelerator at the paper's per-chip batch, so
 splitting a layer across chips would only add collectives. Tensor parallelism would also need the
 fused q|k|v and k|v kernels laid out per head on each shard (a plain column split puts all of k on
-one shard and all of v on the other). `config.mesh.tensor` > 1 is therefore refused.
+one shard and all of v on the other).
 """
 from __future__ import annotations
 
@@ -65,10 +65,22 @@ def maybe_initialize_distributed():
   flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
+def barrier(name: str, timeout_s: int = SYNC_TIMEOUT_S) -> None:
+  """Waits until every process reaches the barrier `name`, up to `timeout_s`. A no-op in one
+  process; every process must call it in the same order.
+
+  A barrier of jax.distributed's coordination service (through Orbax's public wrapper), not a
+  device collective: those give up after a fixed 30 s on CPU, which a first compile or building
+  a data set on one process overruns.
+  """
+  if jax.process_count() > 1:
+    orbax_multihost.get_barrier_sync_fn()(key=f"ca2st_jax:{next(_barrier_number)}:{name}",
+                                          timeout_ms=timeout_s * 1000)
+
+
 def compile_then_sync(jitted, *args, name: str) -> None:
   """Compiles `jitted` for `args` (the call that follows reuses it), then waits for every process
-  at a barrier of jax.distributed's coordination service (up to SYNC_TIMEOUT_S). A no-op in one
-  process; every process must call it in the same order.
+  at a barrier. A no-op in one process; every process must call it in the same order.
 
   The first run of a program forms a group for each of its cross-process collectives; on CPU (gloo)
   every process must join within a fixed 30 s, and compiles on a loaded host differ by more. After
@@ -76,16 +88,11 @@ def compile_then_sync(jitted, *args, name: str) -> None:
   """
   if jax.process_count() > 1:
     jitted.lower(*args).compile()
-    orbax_multihost.get_barrier_sync_fn()(key=f"ca2st_jax:{next(_barrier_number)}:{name}",
-                                          timeout_ms=SYNC_TIMEOUT_S * 1000)
+    barrier(name)
 
 
 def mesh_sizes(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   mesh_cfg = mesh_cfg or {}
-  if int(mesh_cfg.get("tensor", 1)) != 1:
-    raise ValueError(f"config.mesh.tensor={mesh_cfg.get('tensor')}: tensor parallelism is not "
-                     "supported (ViT-B experts fit one chip with fsdp; see train/mesh.py). Use "
-                     "config.mesh.fsdp to shard parameters.")
   sizes = [int(mesh_cfg.get(a, -1 if a == "data" else 1)) for a in AXES]
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(AXES, sizes))}")
