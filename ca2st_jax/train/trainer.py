@@ -353,11 +353,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     meta["labels"] = class_names  # every checkpoint says what its classes are
 
   def run_eval(step):
-    res, (probs, labels, _, masks) = evaluate_lib.evaluate(
+    res, (probs, labels, vids, masks) = evaluate_lib.evaluate(
         setup.eval_step, setup.mesh, state, frozen, rest, source, with_map=with_map,
         return_outputs=True)
-    if "label" in probs and jax.process_index() == 0:
-      cm = metrics_lib.confusion_matrix(probs["label"][masks], labels["label"][masks],
+    if "label" in probs and jax.process_index() == 0:  # per video, as top-1 counts them
+      _, video_probs, video_labels = metrics_lib.average_views(probs, labels, vids, masks)
+      cm = metrics_lib.confusion_matrix(video_probs["label"], video_labels["label"],
                                         probs["label"].shape[1])
       with (epath.Path(workdir) / "confusion_matrix.npy").open("wb") as f:
         np.save(f, cm)
