@@ -324,15 +324,14 @@ def unreadable(error) -> str:
   return f'not a video PyAV can read ({reason})' if reason else str(error)
 
 
-def progress_line(done: int, total: int, path: str, seconds_done: float, seconds_left: float,
-                  elapsed: float, first_s: float) -> str:
-  """`[i/N] path: done in T s; ETA`, the ETA from the seconds of video per second of work after
-  the first file (which also pays for compiling)."""
-  from ca2st_jax.train import writer as writer_lib  # pylint: disable=import-outside-toplevel
-  later = elapsed - first_s
-  rate = seconds_done / later if done > 1 and later > 0 else seconds_done / max(elapsed, 1e-9)
-  eta = writer_lib.format_eta(seconds_left / rate) if rate > 0 else '?'
-  return f'[{done}/{total}] {path}: {elapsed:.1f} s elapsed; ETA {eta}'
+def eta_seconds(seconds_left: float, seconds_done: float, elapsed: float, first_file_s: float,
+                first_elapsed: float) -> float:
+  """Time left at the rate (seconds of video per second of work) of the files after the first,
+  which also paid for compiling; the first file's own rate while there is no other."""
+  video, work = seconds_done - first_file_s, elapsed - first_elapsed
+  if video <= 0 or work <= 0:
+    video, work = seconds_done, elapsed
+  return seconds_left * work / max(video, 1e-9)
 
 
 def predict(config, model, names, paths, options: Options, log=sys.stderr):
@@ -343,6 +342,7 @@ def predict(config, model, names, paths, options: Options, log=sys.stderr):
   full probabilities ('all_probs', for the plot); `public(record)` is what --json writes.
   """
   from ca2st_jax.data import decode  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.train import writer as writer_lib  # pylint: disable=import-outside-toplevel
   names = check_labels(names, head_sizes(config.model),
                        'the class names (--labels=FILE, or the labels file of the checkpoint)')
   opts = clip_options(config)
@@ -352,8 +352,8 @@ def predict(config, model, names, paths, options: Options, log=sys.stderr):
     print(f'error: {path}: {why}; skipped', file=log, flush=True)
   records, file_feats, window_feats = [], [], []
   total_s = sum(duration for _, duration in files)
-  seconds_done, first_s, t0 = 0.0, 0.0, time.time()
-  for path, duration in files:
+  seconds_done, first, t0 = 0.0, None, time.time()
+  for i, (path, duration) in enumerate(files, 1):
     try:
       decoded = decode_file(path, options.short_side, opts.audio_rate, opts.with_audio)
     except (decode.DecodeError, OSError, ValueError) as e:
@@ -368,9 +368,10 @@ def predict(config, model, names, paths, options: Options, log=sys.stderr):
     window_feats += win
     seconds_done += duration
     elapsed = time.time() - t0
-    first_s = first_s or elapsed
-    print(progress_line(len(records) + len(failed), len(paths), path, seconds_done,
-                        total_s - seconds_done, elapsed, first_s), file=log, flush=True)
+    first = first or (seconds_done, elapsed)
+    eta = eta_seconds(total_s - seconds_done, seconds_done, elapsed, *first)
+    print(f'[{i}/{len(files)}] {path}: {elapsed:.1f} s elapsed; ETA '
+          f'{writer_lib.format_eta(eta)}', file=log, flush=True)
     print_result(public(rec))
   feats = stack_features(records, file_feats, window_feats) if options.with_features else None
   return records, feats, failed
