@@ -419,30 +419,38 @@ def print_result(record: dict, out=sys.stdout):
   print('\n'.join(lines), file=out, flush=True)
 
 
-def plot_timelines(records: list[dict], path: str, num_classes: int = 3) -> str:
+def timeline_classes(probs: list[dict], num_classes: int = 3, most: int = 6) -> list[str]:
+  """The classes a timeline draws: every window's top class (at most `most`), then the ones with
+  the highest peak until there are `num_classes`."""
+  peak = {}
+  for p in probs:
+    for label, x in p.items():
+      peak[label] = max(peak.get(label, 0.0), x)
+  winners = {max(p, key=p.get) for p in probs}
+  ranked = sorted(peak, key=lambda label: (label not in winners, -peak[label]))
+  return ranked[:max(num_classes, min(len(winners), most))]
+
+
+def plot_timelines(records: list[dict], path: str) -> str:
   """One panel per file: the probabilities of its top classes, one point per window at the
   window's centre (overlapping windows stay in time order); the shaded band is one window."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(len(records), 1, figsize=(10, 2.6 * len(records)), squeeze=False)
+  fig, axes = plt.subplots(len(records), 1, figsize=(11, 2.6 * len(records)), squeeze=False)
   for ax, rec in zip(axes[:, 0], records):
     segs = rec['segments']
     key = 'label' if 'predictions' in segs[0] else 'verb'   # the head all_probs holds
     probs = [dict(map(tuple, seg['all_probs'])) for seg in segs]
-    score = {}
-    for p in probs:
-      for label, x in p.items():
-        score[label] = max(score.get(label, 0.0), x)
     centres = [(seg['start_s'] + seg['end_s']) / 2 for seg in segs]
-    for label in sorted(score, key=score.get, reverse=True)[:num_classes]:
-      ax.plot(centres, [p.get(label, 0.0) for p in probs], 'o-', markersize=3, label=label)
+    for label in timeline_classes(probs):
+      ax.plot(centres, [p[label] for p in probs], 'o-', markersize=3, label=label)
     ax.axvspan(segs[0]['start_s'], segs[0]['end_s'], color='0.9', zorder=0, label='one window')
     ax.set_xlim(0, max(rec['duration_s'], 1e-3))
     ax.set_ylim(0, 1.02)
     ax.set_ylabel(f'p ({key})')
     ax.set_title(f"{os.path.basename(rec['path'])}: {len(segs)} windows", fontsize=9)
-    ax.legend(fontsize=7, loc='upper right')
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   axes[-1, 0].set_xlabel('window centre (seconds from the first frame)')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

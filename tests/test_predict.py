@@ -201,6 +201,14 @@ def test_eta_counts_seconds_of_video_after_the_first_file():
   assert predict.eta_seconds(8.0, 2.0, 10.0, first_file_s=2.0, first_elapsed=10.0) == 40.0
 
 
+def test_timeline_draws_every_window_winner():
+  probs = [{'a': 0.6, 'b': 0.3, 'c': 0.05, 'd': 0.05}, {'a': 0.2, 'b': 0.1, 'c': 0.3, 'd': 0.4},
+           {'a': 0.1, 'b': 0.5, 'c': 0.35, 'd': 0.05}]
+  assert predict.timeline_classes(probs, num_classes=2) == ['a', 'b', 'd']   # winners first
+  assert predict.timeline_classes(probs, num_classes=4) == ['a', 'b', 'd', 'c']
+  assert predict.timeline_classes(probs[:1], num_classes=3) == ['a', 'b', 'c']
+
+
 def test_timeline_goes_only_where_asked():
   assert predict.timeline_path(None, None) is None
   assert predict.timeline_path('out/p.jsonl', None) == 'out/p.timeline.png'
