@@ -153,10 +153,15 @@ def test_fused_feature_is_what_the_heads_read(config_name, heads):
       np.float32)
   inputs['audio_times'] = np.tile(np.linspace(0, 2, 2 + cfg.num_frames, dtype=np.float32)
                                   .reshape(1, -1, 2), (2, 1, 1))
-  feats = predict.pooled_features(model, inputs)
+
+
+  @nnx.jit  # one compile instead of two eager forwards
+  def features_and_outputs(model, inputs):
+    return predict.pooled_features(model, inputs), model(**inputs)
+
+  feats, out = features_and_outputs(model, inputs)
   fused = {'fused' if h == 'label' else f'fused_{h}' for h in heads}
   assert set(feats) == set(model.EXPERTS) | fused
-  out = model(**inputs)
   assert set(out) == heads
   for head in heads:
     layer = model.head if head == 'label' else getattr(model, f'{head}_head')
