@@ -154,7 +154,6 @@ def test_fused_feature_is_what_the_heads_read(config_name, heads):
   inputs['audio_times'] = np.tile(np.linspace(0, 2, 2 + cfg.num_frames, dtype=np.float32)
                                   .reshape(1, -1, 2), (2, 1, 1))
 
-
   @nnx.jit  # one compile instead of two eager forwards
   def features_and_outputs(model, inputs):
     return predict.pooled_features(model, inputs), model(**inputs)
