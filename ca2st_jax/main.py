@@ -9,13 +9,14 @@ scratch. --mode=eval evaluates the workdir's latest checkpoint. With no --workdi
 style runs go to /tmp/ca2st_jax/<config name>.
 """
 import os
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from ca2st_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:variant]).",
                                 lock_config=True)
@@ -25,12 +26,10 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   config = flags.FLAGS.config
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines drown the progress lines
-  if config is None:
-    raise app.UsageError("--config=configs/<name>.py is required (try configs/demo.py)")
+  cli.quiet_library_logs()  # Orbax/Grain INFO lines drown the progress lines
+  cli.check_data(config)
   workdir = flags.FLAGS.workdir
   if not workdir:
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
@@ -56,28 +55,11 @@ def main(argv):
     return
   post = config.get("post", None)
   if post and flags.FLAGS.mode != "eval" and jax.process_index() == 0:
-    from ca2st_jax.train import report  # pylint: disable=g-import-not-at-top
+    from ca2st_jax import report  # pylint: disable=g-import-not-at-top
     config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
     report.run_post(config, workdir, config_args)
 
 
-def parse_flags(argv):
-  """absl's parser, with a one-line error for an unknown --config.x (ml_collections raises a bare
-  AttributeError/KeyError from deep inside the override)."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    # The message names the field, sometimes followed by a "Did you mean ..." suggestion.
-    names = re.findall(r"[A-Za-z_]\w*", str(e))
-    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    bad = [o for o in overrides if o.rsplit(".", 1)[-1] in names]
-    where = bad[0] if bad else "a --config.* override"
-    key = bad[0].rsplit(".", 1)[-1] if bad else (names[0] if names else str(e))
-    print(f"error: {where}: the config has no field {key!r} (see the config file for its fields)",
-          file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

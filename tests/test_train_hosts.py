@@ -10,8 +10,8 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ca2st_jax import config_lib
+from ca2st_jax import report
 from ca2st_jax.data import pipeline, synthetic
-from ca2st_jax.train import report
 from ca2st_jax.train import workdir as workdir_lib
 from ca2st_jax.train import writer as writer_lib
 
@@ -108,7 +108,7 @@ def test_gs_workdir_files_go_to_the_bucket(fake_gcs):
   assert [r["step"] for r in writer_lib.read_metrics(wd)] == [1, 2, 3]
   with fake_gcs.open("bucket/run/confusion_matrix.npy", "wb") as f:
     np.save(f, np.eye(2, dtype=np.int64))
-  report.write_report(config, wd)
+  report.write_report(wd)
 
   files = set(fake_gcs.find("bucket/run"))
   assert {"/bucket/run/config.json", "/bucket/run/metrics.jsonl",

@@ -117,6 +117,8 @@ class CAST(nnx.Module):
           cfg.width, cfg.adapter_dim, skip=False, dtype=dtype, rngs=rngs)
       self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
+  EXPERTS = ('spatial', 'temporal')  # the order `features` returns them in
+
   def features(self, video, *, deterministic=True):
     """Pooled (spatial, temporal) features after all layers."""
     def body(layer, spatial_block, temporal_block, tokens, layer_inputs):
@@ -129,16 +131,21 @@ class CAST(nnx.Module):
         self.drop_path.inputs(deterministic), remat=self.remat)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
+  def pre_head(self, spatial, temporal):
+    """{head: the feature it reads, before its dropout} from the pooled features."""
+    if self.compositional:
+      return {'verb': temporal, 'noun': spatial}
+    return {'label': self.spatial_last_adapter(spatial) + self.temporal_last_adapter(temporal)}
+
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
     del audio, audio_times  # CAST is video-only.
-    spatial, temporal = self.features(video, deterministic=deterministic)
+    pre_head = self.pre_head(*self.features(video, deterministic=deterministic))
     if self.compositional:
       return {
-          'verb': self.verb_head(self.head_dropout(temporal, deterministic=deterministic)),
-          'noun': self.noun_head(self.head_dropout(spatial, deterministic=deterministic)),
+          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
+          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
       }
-    fused = self.spatial_last_adapter(spatial) + self.temporal_last_adapter(temporal)
-    return {'label': self.head(self.head_dropout(fused, deterministic=deterministic))}
+    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}
 
 
 def encode_times(time_encoding, audio_times):
@@ -205,6 +212,8 @@ class CAVA(nnx.Module):
     else:
       self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
+  EXPERTS = ('audio', 'spatial')  # the order `features` returns them in
+
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
 
@@ -219,13 +228,20 @@ class CAVA(nnx.Module):
         self.drop_path.inputs(deterministic), remat=self.remat)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
-  def __call__(self, video, audio, audio_times, *, deterministic=True):
-    audio_feature, spatial = self.features(video, audio, audio_times, deterministic=deterministic)
+  def pre_head(self, audio_feature, spatial):
+    """{head: the feature it reads, before its dropout} from the pooled features."""
     fused = self.audio_last_adapter(audio_feature) + self.spatial_last_adapter(spatial)
+    return {'verb': fused, 'noun': fused} if self.compositional else {'label': fused}
+
+  def __call__(self, video, audio, audio_times, *, deterministic=True):
+    pre_head = self.pre_head(*self.features(video, audio, audio_times,
+                                            deterministic=deterministic))
     if self.compositional:
-      return {'verb': self.verb_head(self.head_dropout(fused, deterministic=deterministic)),
-              'noun': self.noun_head(self.head_dropout(fused, deterministic=deterministic))}
-    return {'label': self.head(self.head_dropout(fused, deterministic=deterministic))}
+      return {
+          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
+          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
+      }
+    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}
 
 
 class Ca2stLayer(nnx.Module):
@@ -343,6 +359,8 @@ class CA2ST(nnx.Module):
     else:
       self.head = layers.dense(cfg.width, cfg.num_classes, dtype=dtype, rngs=rngs)
 
+  EXPERTS = ('spatial', 'temporal', 'audio')  # the order `features` returns them in
+
   def features(self, video, audio, audio_times, *, deterministic=True):
     audio_time, video_time = encode_times(self.time_encoding, audio_times)
     spatial, temporal = self.spatial.embed(video), self.temporal.embed(video)
@@ -365,14 +383,24 @@ class CA2ST(nnx.Module):
     spatial, temporal, audio_tokens = tokens
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 
-  def __call__(self, video, audio, audio_times, *, deterministic=True):
-    spatial, temporal, audio_feature = self.features(
-        video, audio, audio_times, deterministic=deterministic)
+  def pre_head(self, spatial, temporal, audio_feature):
+    """{head: the feature it reads, before its dropout} from the pooled features."""
     if self.compositional:
-      noun = self.spatial_last_adapter(spatial) + self.audio_noun_last_adapter(audio_feature)
-      verb = self.temporal_last_adapter(temporal) + self.audio_verb_last_adapter(audio_feature)
-      return {'verb': self.verb_head(self.head_dropout(verb, deterministic=deterministic)),
-              'noun': self.noun_head(self.head_dropout(noun, deterministic=deterministic))}
-    fused = (self.spatial_last_adapter(spatial) + self.temporal_last_adapter(temporal)
-             + self.audio_last_adapter(audio_feature))
-    return {'label': self.head(self.head_dropout(fused, deterministic=deterministic))}
+      return {
+          'verb': (self.temporal_last_adapter(temporal)
+                   + self.audio_verb_last_adapter(audio_feature)),
+          'noun': (self.spatial_last_adapter(spatial)
+                   + self.audio_noun_last_adapter(audio_feature)),
+      }
+    return {'label': self.spatial_last_adapter(spatial) + self.temporal_last_adapter(temporal)
+                     + self.audio_last_adapter(audio_feature)}
+
+  def __call__(self, video, audio, audio_times, *, deterministic=True):
+    pre_head = self.pre_head(*self.features(video, audio, audio_times,
+                                            deterministic=deterministic))
+    if self.compositional:
+      return {
+          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
+          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
+      }
+    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}

@@ -454,6 +454,7 @@ def main(config, topology_name, per_device_batch, num_slices, search, as_json) -
 
 if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from ca2st_jax import cli  # pylint: disable=g-import-not-at-top
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:variant]")
   _TOPOLOGY = flags.DEFINE_string("topology", None, "Cloud TPU slice: v4-N, v5p-N, v5e-N, v6e-N.")
   _BATCH = flags.DEFINE_integer("per_device_batch", None, "Clips per device per micro-batch "
@@ -474,4 +475,4 @@ if __name__ == "__main__":
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(_run)
+  app.run(_run, flags_parser=cli.parse_flags)

@@ -634,14 +634,16 @@ def format_report(rows: list[dict]) -> str:
 def main(argv):
   del argv
   if _REPORT.value:
+    cli.check_file('report', _REPORT.value, 'a --json output of this tool')
     with open(_REPORT.value) as f:
       print(format_report([json.loads(line) for line in f if line.startswith('{')]))
     return
   if _CONFIG.value is None:
-    raise app.UsageError('--config=configs/<name>.py[:variant] is required (or --report=FILE.jsonl)')
+    cli.fail('--config=configs/<name>.py[:variant] is required (or --report=FILE.jsonl)')
   bad = set(_TORCH_ATTENTION.value) - {'eager', 'sdpa'}
   if bad:
-    raise app.UsageError(f'--torch_attention: {sorted(bad)} not in eager, sdpa')
+    cli.fail(f'--torch_attention: {sorted(bad)} not in eager, sdpa')
+  cli.quiet_library_logs()
   config = benchmark_config(_CONFIG.value, _BATCH.value, _DTYPE.value)
   rows = benchmark(config, batch=_BATCH.value, steps=_STEPS.value, backend=_BACKEND.value,
                    torch_attention=_TORCH_ATTENTION.value, warmup=_WARMUP.value,
@@ -674,4 +676,5 @@ if __name__ == '__main__':
   _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per run instead of a table.')
   _REPORT = flags.DEFINE_string(
       'report', None, 'Only print the table and details of the JSON lines in this file.')
-  app.run(main)
+  from ca2st_jax import cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,20 +14,33 @@ into the authors' code.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 from collections import OrderedDict
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<name>.py[:variant]).',
-                                          lock_config=False)
-_OUTPUT = flags.DEFINE_string('output', None, 'Output path, .pth or .safetensors.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir to export the latest checkpoint of.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16', 'bfloat16'],
-                           'Floating dtype of the written tensors.')
+from ca2st_jax import cli
+
+EXTENSIONS = ('.pth', '.pt', '.bin', '.safetensors')
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program: ca2st_jax.main imports this
+  module for its after-training export and defines `config` itself)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/<name>.py[:variant]).',
+                                  lock_config=False)
+  flags.DEFINE_string('output', None, 'Output path, .pth or .safetensors.')
+  flags.DEFINE_string('workdir', None, 'Training workdir to export the latest checkpoint of.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16', 'bfloat16'],
+                    'Floating dtype of the written tensors.')
+
+
+TORCH_MISSING = "PyTorch is not installed: pip install torch==2.13.0 && pip install -e '.[torch]'"
 
 
 def reference_order(model_config) -> list[str]:
@@ -113,21 +126,28 @@ def write_labels_beside(output, workdir):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None or not _OUTPUT.value:
-    raise app.UsageError('--config=configs/<name>.py and --output=PATH are required')
-  if not _OUTPUT.value.endswith(('.pth', '.pt', '.bin', '.safetensors')):
-    raise app.UsageError('--output must end in .pth, .pt, .bin or .safetensors')
+    cli.fail(f'unexpected arguments {argv[1:]} (flags are --name=value)')
+  output = FLAGS.output
+  if not output.endswith(EXTENSIONS):
+    cli.fail(f'--output={output}: the name must end in {" / ".join(EXTENSIONS)}')
+  if importlib.util.find_spec('torch') is None:
+    cli.fail(f'export_torch needs the reference model: {TORCH_MISSING}')
+  if FLAGS.workdir and not os.path.isdir(os.path.join(FLAGS.workdir, 'ckpt')):
+    cli.fail(f'--workdir={FLAGS.workdir}: no checkpoints there (no ckpt/ directory); give the '
+             '--workdir of a training run')
+  cli.quiet_library_logs()  # Orbax logs every restore step at INFO
+  cli.use_cpu_unless_set()
   from ca2st_jax.interop.torch_io import CheckpointError  # pylint: disable=import-outside-toplevel
   try:
-    arrays = export(_CONFIG.value, _OUTPUT.value, _WORKDIR.value, _DTYPE.value)
+    arrays = export(FLAGS.config, output, FLAGS.workdir, FLAGS.dtype)
   except (CheckpointError, OSError, ValueError, NotImplementedError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail(str(e), code=1)
   n = sum(a.size for a in arrays.values())
-  print(f'wrote {_OUTPUT.value}: {len(arrays)} tensors, {n:,} values (shared names counted each '
-        f'time), dtype {_DTYPE.value}; size {os.path.getsize(_OUTPUT.value) / 2**20:.1f} MiB', flush=True)
+  print(f'wrote {output}: {len(arrays)} tensors, {n:,} values (shared names counted each '
+        f'time), dtype {FLAGS.dtype}; size {os.path.getsize(output) / 2**20:.1f} MiB', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  define_flags()
+  flags.mark_flags_as_required(['config', 'output'])
+  app.run(main, flags_parser=cli.parse_flags)

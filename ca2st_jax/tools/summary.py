@@ -177,9 +177,18 @@ def report(model_config, as_json: bool):
 
 
 if __name__ == '__main__':
+  from ca2st_jax import cli  # pylint: disable=g-import-not-at-top
   # Flags are defined here, not at import, so other tools and tests can import this module.
   config_flag = config_flags.DEFINE_config_file(
       'config', None, 'Config file (configs/<name>.py[:variant]).', lock_config=True)
   json_flag = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flag_as_required('config')
-  app.run(lambda argv: report(config_flag.value.model, json_flag.value))
+
+  def _run(argv):
+    if len(argv) > 1:
+      cli.fail(f'unexpected arguments {argv[1:]} (flags are --name=value)')
+    cli.quiet_library_logs()
+    cli.use_cpu_unless_set()
+    report(config_flag.value.model, json_flag.value)
+
+  app.run(_run, flags_parser=cli.parse_flags)

@@ -1,8 +1,10 @@
-"""After-training outputs of a run (configs/demo.py turns them on with config.post):
-report.png (loss curve, val top-1 curve, confusion matrix) and a PyTorch export of the final model.
-Workdir files go through etils.epath (a gs:// workdir works like a local one)."""
+"""After-training outputs of a run, run by ca2st_jax.main when config.post asks (configs/demo.py
+does): report.png (loss curve, val top-1 curve, per-video confusion matrix), a PyTorch export of
+the final model and a ready predict command. Workdir files go through etils.epath (a gs://
+workdir works like a local one)."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import tempfile
@@ -14,18 +16,16 @@ from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.train.writer import read_metrics
 
 
-def class_names(config, n):
-  if config.data.get("name", "") == "synthetic_av":
-    try:
-      from ca2st_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-      if len(synthetic.CLASSES) == n:
-        return sorted(synthetic.CLASSES)  # the VGGSound builder's label order
-    except ImportError:
-      pass
-  return [str(i) for i in range(n)]
+def class_names(workdir, n: int) -> list[str]:
+  """The workdir's class names of the 'label' head (labels.json), else class indices."""
+  found = labels_lib.find(workdir)
+  names = labels_lib.read(found).get("label", []) if found else []
+  return list(names) if len(names) == n else [str(i) for i in range(n)]
 
 
-def write_report(config, workdir, out_name="report.png"):
+def write_report(workdir, out_name="report.png"):
+  """report.png: the training curve and the confusion matrix of the last evaluation (videos, each
+  predicted from the mean of its views' softmax, as top-1 counts them)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -49,7 +49,7 @@ def write_report(config, workdir, out_name="report.png"):
   if cm_path.exists():
     with cm_path.open("rb") as f:
       cm = np.load(f)
-    names = class_names(config, cm.shape[0])
+    names = class_names(workdir, cm.shape[0])
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
@@ -60,7 +60,7 @@ def write_report(config, workdir, out_name="report.png"):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     top1 = val[-1]["top1"] if val else float("nan")
-    ax.set_title(f"confusion matrix (val top-1 {top1:.3f})")
+    ax.set_title(f"confusion matrix: {int(cm.sum())} videos (val top-1 {top1:.3f})")
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=110)
@@ -70,27 +70,21 @@ def write_report(config, workdir, out_name="report.png"):
   return str(path)
 
 
-def export_torch(config, workdir, config_args=()):
-  """Runs the interop helper's exporter (python -m ca2st_jax.tools.export_torch) on the workdir.
-
-  A subprocess, because that tool defines its own absl flags; `config_args` are this run's
-  --config / --config.x=y arguments so the exporter sees the same config.
-  """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+def export_torch(config, workdir):
+  """model_torch.pt (and model_torch.labels.json) in the workdir, from its latest checkpoint."""
   if importlib.util.find_spec("torch") is None:
-    print("PyTorch export skipped: torch is not installed (pip install torch==2.13.0 && "
-          "pip install -e '.[torch]')", flush=True)
+    from ca2st_jax.tools.export_torch import TORCH_MISSING  # pylint: disable=g-import-not-at-top
+    print(f"PyTorch export skipped: {TORCH_MISSING}", flush=True)
     return None
+  from ca2st_jax.interop.torch_io import CheckpointError  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.tools import export_torch as exporter  # pylint: disable=g-import-not-at-top
   out = epath.Path(workdir) / "model_torch.pt"
   with tempfile.TemporaryDirectory() as tmp:  # the exporter writes a local file; copied after
     local = os.path.join(tmp, "model_torch.pt")
-    cmd = [sys.executable, "-m", "ca2st_jax.tools.export_torch", *config_args,
-           f"--workdir={workdir}", f"--output={local}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode:
-      print(f"PyTorch export failed ({' '.join(cmd)}):\n{r.stderr[-2000:]}", flush=True)
+    try:
+      exporter.export(config, local, workdir=workdir)
+    except (CheckpointError, OSError, ValueError) as e:
+      print(f"PyTorch export failed: {e}", flush=True)
       return None
     out.write_bytes(epath.Path(local).read_bytes())
     local_labels = epath.Path(labels_lib.beside(local))
@@ -102,7 +96,8 @@ def export_torch(config, workdir, config_args=()):
 
 def predict_command(config, workdir, config_args=()) -> str | None:
   """A ready `python -m ca2st_jax.predict` command on one of the run's own synthetic test clips
-  (None for other data sets, or when the clips are not there)."""
+  (None for other data sets: the synthetic set is the one whose source videos are known files).
+  None also when the clips are not there."""
   d = config.data
   if d.get("name", "") != "synthetic_av":
     return None
@@ -122,9 +117,9 @@ def predict_command(config, workdir, config_args=()) -> str | None:
 def run_post(config, workdir, config_args=()):
   post = config.get("post", {}) or {}
   if post.get("report", False):
-    print(f"report: {write_report(config, workdir)}", flush=True)
+    print(f"report: {write_report(workdir)}", flush=True)
   if post.get("export_torch", False):
-    export_torch(config, workdir, config_args)
+    export_torch(config, workdir)
   if post.get("predict_command", False):
     command = predict_command(config, workdir, config_args)
     if command:

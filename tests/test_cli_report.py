@@ -1,0 +1,75 @@
+"""ca2st_jax.report, the after-training step of ca2st_jax.main: report.png with a confusion matrix
+over videos, the PyTorch export written in this process, the predict command; on a two-step
+demo run over a tiny synthetic set."""
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ca2st_jax import report
+from ca2st_jax.checkpoints import labels as labels_lib
+from ca2st_jax.data import synthetic
+from tests_helpers import load_config
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory):
+  """(config, workdir) of the demo config trained two steps on 16 clips and evaluated on 8 videos
+  of 2 views each."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  root = tmp_path_factory.mktemp('demo_run')
+  config = load_config('demo')
+  config.data.update(data_dir=str(root / 'data'), num_workers=0, eval_batch_size=8)
+  config.data.synthetic.update(num_train=16, num_test=8)
+  config.train.update(batch_size=8, total_steps=2, warmup_steps=1, log_every=1, eval_every=0,
+                      ckpt_every=2)
+  config.ckpt['async'] = False
+  workdir = str(root / 'wd')
+  result = trainer.train_and_evaluate(config, workdir, 'train_and_eval', devices=jax.devices()[:1])
+  assert result['num_videos'] == 8
+  return config, workdir
+
+
+def test_confusion_matrix_counts_videos(demo_run):
+  _, workdir = demo_run
+  cm = np.load(os.path.join(workdir, 'confusion_matrix.npy'))
+  assert cm.shape == (8, 8) and cm.sum() == 8      # 8 videos, not their 16 views
+  assert report.class_names(workdir, 8) == sorted(synthetic.CLASSES)
+  assert report.class_names(workdir, 3) == ['0', '1', '2']   # names that do not fit: indices
+
+
+def test_post_step_writes_the_report_the_export_and_a_command(demo_run, capsys):
+  torch = pytest.importorskip('torch')  # the [torch] extra
+  config, workdir = demo_run
+  report.run_post(config, workdir, ['--config=configs/demo.py'])
+  lines = capsys.readouterr().out.splitlines()
+  assert f'report: {workdir}/report.png' in lines
+  assert f'PyTorch export: {workdir}/model_torch.pt' in lines
+  assert lines[-2] == 'Predict on one of its clips:'
+  assert lines[-1].startswith('  python -m ca2st_jax.predict --config=configs/demo.py '
+                              f'--checkpoint={workdir} ')
+  assert os.path.exists(lines[-1].split()[-1])
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(os.path.join(workdir, 'report.png')) as im:
+    assert im.size[0] > im.size[1]
+  state_dict = torch.load(os.path.join(workdir, 'model_torch.pt'), weights_only=True)
+  from ca2st_jax.interop import torch_model  # pylint: disable=import-outside-toplevel
+  torch_model.build(config.model).load_state_dict(state_dict, strict=True)
+  assert labels_lib.read(os.path.join(workdir, 'model_torch.labels.json')) == {
+      'label': sorted(synthetic.CLASSES)}
+
+
+def test_export_without_torch_says_so_in_one_line(demo_run, capsys, monkeypatch, tmp_path):
+  config, _ = demo_run
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'torch' else find_spec(name, *a))
+  assert report.export_torch(config, str(tmp_path)) is None
+  assert capsys.readouterr().out == ("PyTorch export skipped: PyTorch is not installed: pip "
+                                     "install torch==2.13.0 && pip install -e '.[torch]'\n")
+  assert os.listdir(tmp_path) == []
