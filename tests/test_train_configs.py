@@ -96,19 +96,6 @@ def test_nonpositive_total_steps_refused():
     optim.steps_from_config(ml_collections.ConfigDict(dict(total_steps=-5)), None, 8)
 
 
-def test_unknown_config_field_is_a_one_line_error(tmp_path):
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  r = subprocess.run([sys.executable, "-m", "ca2st_jax.main", "--config=configs/demo.py",
-                      "--config.train.no_such_field=3", f"--workdir={tmp_path}"],
-                     capture_output=True, text=True, timeout=300, cwd=root,
-                     env=dict(os.environ, PYTHONPATH=root))
-  assert r.returncode == 2
-  assert r.stderr.strip() == ("error: --config.train.no_such_field: the config has no field "
-                              "'no_such_field' (see the config file for its fields)"), r.stderr
-
-
 # demo.py and every configs/<model>_<data set>.py (configs/<data set>.py with a model is the same
 # config: tests/test_configs.py).
 CONFIG_NAMES = sorted(n for n in (os.path.basename(p)[:-3] for p in glob.glob(f"{CONFIGS}/*.py"))
