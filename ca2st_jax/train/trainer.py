@@ -353,10 +353,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     meta["labels"] = class_names  # every checkpoint says what its classes are
 
   def run_eval(step):
-    res, (probs, labels, _, masks) = evaluate_lib.evaluate(
+    res, outputs = evaluate_lib.evaluate(
         setup.eval_step, setup.mesh, state, frozen, rest, source, with_map=with_map,
         return_outputs=True)
-    if "label" in probs and jax.process_index() == 0:
+    probs, labels, _, masks = outputs
+    if mode == "eval" or ecfg.get("write_predictions", False):
+      evaluate_lib.write_predictions(workdir, step, source, *outputs)
+    if "label" in labels and jax.process_index() == 0:
       cm = metrics_lib.confusion_matrix(probs["label"][masks], labels["label"][masks],
                                         probs["label"].shape[1])
       with (epath.Path(workdir) / "confusion_matrix.npy").open("wb") as f:
