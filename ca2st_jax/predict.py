@@ -71,12 +71,13 @@ EXPORT_EXTENSIONS = ('.pth', '.pt', '.bin', '.safetensors')
 def load_model(config, checkpoint: str):
   """(model, class names or None) from a workdir, WORKDIR/best or a PyTorch state_dict."""
   from ca2st_jax.checkpoints import labels as labels_lib  # pylint: disable=import-outside-toplevel
-  checkpoint = os.path.normpath(checkpoint)
-  if os.path.isdir(checkpoint):
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  # a gs:// workdir too (os.path.normpath would make gs:// into gs:/)
+  path = epath.Path(checkpoint if '://' in checkpoint else os.path.normpath(checkpoint))
+  if path.is_dir():
     from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
-    best = os.path.basename(checkpoint) == 'best'
-    workdir = os.path.dirname(checkpoint) if os.path.basename(checkpoint) in ('best', 'ckpt') \
-        else checkpoint
+    best = path.name == 'best'
+    workdir = os.fspath(path.parent if path.name in ('best', 'ckpt') else path)
     model, meta = trainer.restore_model(config, workdir, best=best)
     found = labels_lib.find(workdir)
     names = labels_lib.read(found) if found else (meta or {}).get('labels')

@@ -250,3 +250,42 @@ def test_prepared_data_set_read_from_gs(gcs, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_demo_cli_on_gs_workdir_report_export_and_predict(gcs, tmp_path):
+  """The demo (the real model and pipeline) through `ca2st_jax.main` with --workdir=gs://...:
+  its post-training report and PyTorch export land in the bucket, and `ca2st_jax.predict` reads
+  the checkpoint from there."""
+  import subprocess as sp  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  spec = synthetic.SyntheticSpec(num_train=16, num_test=4, num_frames=32, size=48, fps=16)
+  data = synthetic.prepare(str(tmp_path / "data"), spec)
+  clip = sorted((synthetic.raw_dir(tmp_path / "data", spec) / "clips").glob("syntest*.mp4"))[0]
+  wd = f"gs://{BUCKET}/demo"
+  config_args = ["--config=configs/demo.py", f"--config.data.dataset_dir={data}",
+                 "--config.data.num_workers=0", "--config.data.eval_batch_size=8",
+                 "--config.data.test_num_clips=1", "--config.train.batch_size=8",
+                 "--config.train.total_steps=2", "--config.train.log_every=1",
+                 "--config.train.ckpt_every=2", "--config.train.eval_every=0"]
+  r = sp.run([sys.executable, "-m", "ca2st_jax.main", *config_args, f"--workdir={wd}"],
+             cwd=tests_helpers.ROOT, capture_output=True, text=True, timeout=1200, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"PyTorch export: {wd}/model_torch.pt" in r.stdout, r.stdout[-3000:]
+  names = gcs.names("demo/")
+  for name in ("demo/config.json", "demo/labels.json", "demo/metrics.jsonl", "demo/report.png",
+               "demo/model_torch.pt", "demo/model_torch.labels.json", "demo/ckpt/2/commit_success.txt"):
+    assert name in names, (name, names)
+  assert any(n.startswith("demo/tb/events.out.tfevents") for n in names)
+  import torch  # pylint: disable=import-outside-toplevel
+  sd = torch.load(io.BytesIO(gcs.read("demo/model_torch.pt")), weights_only=True)
+  assert len(sd) > 10 and all(isinstance(v, torch.Tensor) for v in sd.values())
+  labels = json.loads(gcs.read("demo/labels.json"))["label"]
+  out = tmp_path / "pred.jsonl"
+  r = sp.run([sys.executable, "-m", "ca2st_jax.predict", "--config=configs/demo.py",
+              f"--checkpoint={wd}", f"--json={out}", "--top_k=3", str(clip)],
+             cwd=tests_helpers.ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rec = json.loads(out.read_text().splitlines()[0])
+  assert len(rec["predictions"]) == 3 and {p["label"] for p in rec["predictions"]} <= set(labels)
