@@ -78,13 +78,14 @@ def load_model(config, checkpoint: str):
   """(model, class names or None) from a workdir, WORKDIR/best or a PyTorch state_dict. What the
   restore prints ("restored ... step N") goes to stderr: stdout holds the predictions alone."""
   from ca2st_jax.checkpoints import labels as labels_lib  # pylint: disable=import-outside-toplevel
-  checkpoint = os.path.normpath(checkpoint)
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  # a gs:// workdir too (os.path.normpath would make gs:// into gs:/)
+  path = epath.Path(checkpoint if '://' in checkpoint else os.path.normpath(checkpoint))
   with contextlib.redirect_stdout(sys.stderr):
-    if os.path.isdir(checkpoint):
+    if path.is_dir():
       from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
-      best = os.path.basename(checkpoint) == 'best'
-      workdir = os.path.dirname(checkpoint) if os.path.basename(checkpoint) in ('best', 'ckpt') \
-          else checkpoint
+      best = path.name == 'best'
+      workdir = os.fspath(path.parent if path.name in ('best', 'ckpt') else path)
       model, meta = trainer.restore_model(config, workdir, best=best)
       found = labels_lib.find(workdir)
       return model, labels_lib.read(found) if found else (meta or {}).get('labels')
@@ -508,7 +509,8 @@ def check_arguments(argv) -> list[str]:
   if not FLAGS.checkpoint:
     cli.fail('--checkpoint=WORKDIR|model.pth is required')
   checkpoint = FLAGS.checkpoint
-  if not os.path.isdir(checkpoint):
+  # A remote workdir (gs://) is checked when it is opened: no local look-up can see it.
+  if '://' not in checkpoint and not os.path.isdir(checkpoint):
     if not checkpoint.endswith(EXPORT_EXTENSIONS):
       cli.fail(f'--checkpoint={checkpoint}: not a directory (training workdir) nor a '
                f'{" / ".join(EXPORT_EXTENSIONS)} file')

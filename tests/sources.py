@@ -63,8 +63,10 @@ class InMemorySource:
   `train`: dict of arrays [N, ...]; `eval`: dict of arrays [M, ...] with 'video_index' (added as
   arange if missing); eval batches are padded to `eval_batch_size` with mask False.
   Each host reads its own contiguous slice of every global batch. Without a data set's metadata
-  it has no class counts or names to check or record.
+  it has no class counts or names to check or record. Example ids are the eval arrays' 'id' when
+  given, else the video index.
   """
+  eval_split = "eval"
 
   def __init__(self, train: dict, eval: dict | None, *, global_batch: int, eval_batch_size: int,
                seed: int = 0):
@@ -77,6 +79,15 @@ class InMemorySource:
 
   def class_names(self) -> dict[str, list[str]]:
     return {}
+
+  def example_ids(self, video_index) -> list[str]:
+    if "id" not in self.eval:
+      return [str(int(i)) for i in video_index]
+    first = {}
+    index = self.eval.get("video_index", np.arange(len(self.eval["id"])))
+    for pos, v in enumerate(np.asarray(index)):
+      first.setdefault(int(v), pos)
+    return [str(self.eval["id"][first[int(i)]]) for i in video_index]
 
   def _host_slice(self, batch, size):
     n, i = jax.process_count(), jax.process_index()

@@ -191,6 +191,52 @@ def test_epic_sounds_hdf5_24k(tmp_path):
   assert abs(np.argmax(spectrum) * 16000 / e['audio'].size - 440) < 5
 
 
+EK100_TEST_HEADER = ('narration_id,participant_id,video_id,narration_timestamp,start_timestamp,'
+                     'stop_timestamp,start_frame,stop_frame\n')
+
+
+def test_ek100_hidden_test_split_builds_unlabelled(tmp_path):
+  raw = tmp_path / 'raw'
+  _video(raw / 'P01' / 'videos' / 'P01_01.MP4', n=48, fps=8)
+  hdr = ('narration_id,participant_id,video_id,narration_timestamp,start_timestamp,'
+         'stop_timestamp,start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,'
+         'all_nouns,all_noun_classes\n')
+  row = 'P01_01_0,P01,P01_01,00:00:00.00,00:00:01.00,00:00:02.50,8,20,open door,open,3,door,8,[door],[8]\n'
+  (raw / 'EPIC_100_train.csv').write_text(hdr + row)
+  (raw / 'EPIC_100_validation.csv').write_text(hdr + row.replace('P01_01_0', 'P01_01_5'))
+  b = _build(builders.Ek100, raw, tmp_path / 'no_test')
+  assert set(b.info.splits) == {'train', 'validation'}        # the test file is optional
+  (raw / 'EPIC_100_test_timestamps.csv').write_text(
+      EK100_TEST_HEADER + 'P01_101_0,P01,P01_01,00:00:02.85,00:00:02.86,00:00:03.87,143,193\n'
+      'P01_101_1,P01,P01_01,00:00:05.10,00:00:04.97,00:00:05.75,248,287\n')
+  b = _build(builders.Ek100, raw, tmp_path / 'with_test')
+  assert b.info.splits['test'].num_examples == 2
+  ex = _all(b, 'test')
+  assert sorted(ex) == ['P01_101_0', 'P01_101_1']
+  assert all((e['verb'], e['noun']) == (-1, -1) for e in ex.values())
+  assert list(ex['P01_101_1']['span']) == pytest.approx([4.97, 5.75]) and ex['P01_101_1']['frames']
+  assert _all(b, 'train')['P01_01_0']['verb'] == 3
+
+
+def test_epic_sounds_hidden_test_split_builds_unlabelled(tmp_path):
+  raw = tmp_path / 'raw'
+  _video(raw / 'P01_01.MP4', n=48, fps=8)
+  hdr = ('annotation_id,participant_id,video_id,start_timestamp,stop_timestamp,start_sample,'
+         'stop_sample')
+  (raw / 'EPIC_Sounds_train.csv').write_text(
+      hdr + ',description,class,class_id\nP01_01_0,P01,P01_01,00:00:01.000,00:00:02.000,24000,'
+      '48000,d,scrape,3\n')
+  (raw / 'EPIC_Sounds_validation.csv').write_text(
+      hdr + ',description,class,class_id\nP01_01_2,P01,P01_01,00:00:00.500,00:00:01.000,12000,'
+      '24000,d,click,0\n')
+  (raw / 'EPIC_Sounds_recognition_test_timestamps.csv').write_text(
+      hdr + '\nP02_106_0,P02,P01_01,00:00:03.855,00:00:04.142,92520,99408\n')
+  b = _build(builders.EpicSounds, raw, tmp_path)
+  assert b.info.features['label'].names[3] == 'scrape' and b.info.features['label'].num_classes == 4
+  e = _all(b, 'test')['P02_106_0']
+  assert e['label'] == -1 and e['has_audio'] and list(e['span']) == pytest.approx([3.855, 4.142])
+
+
 def test_vggsound_layout_via_synthetic_with_bad_rows(tmp_path):
   spec = synthetic.SyntheticSpec(num_train=8, num_test=4, num_frames=8, size=32, corrupt=1,
                                  no_audio=1, missing=1)

@@ -383,6 +383,11 @@ class Source:
                       host_count=self.host_count)
     return iter(ds)
 
+  def example_ids(self, video_index) -> list[str]:
+    src, _ = open_split(self.dir, self.eval_split)
+    ids = [src[int(i)]["id"] for i in video_index]
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
 
 def make_source(config) -> Source:
   return Source(config)

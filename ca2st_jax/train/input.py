@@ -7,7 +7,10 @@ A source has
   train_iterator()         an infinite iterator of per-host batch dicts (see "Batch layout" in
                            ca2st_jax/data/pipeline.py) with get_state() / set_state(), its
                            position, which every checkpoint saves (Grain's DatasetIterator);
-  eval_iterator()          a finite iterable of per-host eval batches with 'video_index', 'mask'.
+  eval_iterator()          a finite iterable of per-host eval batches with 'video_index', 'mask';
+  eval_split               the eval split's name (it names the per-video prediction files);
+  example_ids(index)       the eval split's example ids (narration_id, clip name) of these
+                           video indices, for the per-video predictions.
 `source_from_config` builds the real one: `ca2st_jax.data.pipeline.make_source` (Grain pipelines).
 """
 from __future__ import annotations

@@ -439,10 +439,13 @@ def restore_or_init(run: Run):
 def evaluate_and_log(run: Run, state, frozen, rest, step) -> dict:
   """One pass over the eval split: its metrics, written and printed, and the confusion matrix."""
   ecfg = run.config.get("eval", None) or {}
-  res, (probs, labels, vids, masks) = evaluate_lib.evaluate(
+  res, outputs = evaluate_lib.evaluate(
       run.setup.eval_step, run.setup.mesh, state, frozen, rest, run.source,
       with_map=bool(ecfg.get("with_map", False)), return_outputs=True)
-  if "label" in probs and jax.process_index() == 0:  # per video, as top-1 counts them
+  probs, labels, vids, masks = outputs
+  if run.mode == "eval" or ecfg.get("write_predictions", False):
+    evaluate_lib.write_predictions(run.workdir, step, run.source, *outputs)
+  if "label" in labels and jax.process_index() == 0:  # per video, as top-1 counts them
     _, video_probs, video_labels = metrics_lib.average_views(probs, labels, vids, masks)
     cm = metrics_lib.confusion_matrix(video_probs["label"], video_labels["label"],
                                       probs["label"].shape[1])

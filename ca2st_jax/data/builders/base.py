@@ -5,7 +5,9 @@ writes ArrayRecord files (TFDS `file_format='array_record'`; no TensorFlow neede
 
   id          text    unique example id (clip stem, narration_id, annotation_id, ...)
   video_id    text    source video stem
-  label(s)    int     'label', or 'verb' + 'noun' for EPIC-KITCHENS-100
+  label(s)    int     'label', or 'verb' + 'noun' for EPIC-KITCHENS-100; -1 in the unlabelled
+                      test split of a challenge (UNLABELLED), which builds and evaluates
+                      (predictions only, no metrics)
   frames      [N] JPEG bytes, every frame of the clip at `fps` (native unless configured),
               short side `short_side` pixels (config), quality `jpeg_quality`
   fps         float32 rate of the stored frames
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = ('.mp4', '.webm', '.avi', '.mkv', '.mov', '.flv', '.m4v')
 AUDIO_EXTENSIONS = ('.wav', '.m4a', '.flac', '.mp3', '.ogg', '.opus', '.aac')
 WORKERS_ENV = 'CA2ST_BUILD_WORKERS'
+UNLABELLED = -1  # the label of an example of a hidden test split (TFDS ClassLabel's "no label")
 
 
 @dataclasses.dataclass
@@ -133,6 +136,14 @@ def find(manual_dir, *names) -> pathlib.Path:
     if hits:
       return hits[0]
   raise FileNotFoundError(f'none of {names} found under {manual_dir}')
+
+
+def find_optional(manual_dir, name) -> pathlib.Path | None:
+  """`find(manual_dir, name)`, or None when it is absent (a hidden test split's optional file)."""
+  try:
+    return find(manual_dir, name)
+  except FileNotFoundError:
+    return None
 
 
 def timestamp_to_seconds(ts: str) -> float:

@@ -2,11 +2,16 @@
 
 manual_dir: `EPIC_100_train.csv`, `EPIC_100_validation.csv` (columns narration_id, participant_id,
 video_id, narration_timestamp, start_timestamp, stop_timestamp, start_frame, stop_frame,
-narration, verb, verb_class, noun, noun_class, ...), optional `EPIC_100_verb_classes.csv` /
-`EPIC_100_noun_classes.csv` (id,key,...) for the class names, and the untrimmed videos
-`{video_id}.MP4` anywhere below (e.g. `P01/videos/P01_01.MP4`).
+narration, verb, verb_class, noun, noun_class, ...), optional `EPIC_100_test_timestamps.csv`
+(the hidden test split of the action recognition challenge: narration_id, participant_id,
+video_id, narration_timestamp, start_timestamp, stop_timestamp, start_frame, stop_frame, no
+labels), optional `EPIC_100_verb_classes.csv` / `EPIC_100_noun_classes.csv` (id,key,...) for the
+class names, and the untrimmed videos `{video_id}.MP4` anywhere below (e.g. `P01/videos/P01_01.MP4`).
+The annotation files are those of github.com/epic-kitchens/epic-kitchens-100-annotations.
 Each narration becomes one example cut from its video between start and stop timestamp
-(decoding seeks to the segment), labels `verb` (97) and `noun` (300).
+(decoding seeks to the segment), labels `verb` (97) and `noun` (300); the `test` split's labels
+are -1 (base.UNLABELLED): it evaluates to predictions only, for a challenge submission
+(ca2st_jax.tools.challenge).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 from ca2st_jax.data.builders import base
 
 NUM_VERBS, NUM_NOUNS = 97, 300
+SPLIT_FILES = {'train': 'EPIC_100_train.csv', 'validation': 'EPIC_100_validation.csv'}
+TEST_FILE = 'EPIC_100_test_timestamps.csv'
 
 
 def _names(manual_dir, fname, n):
@@ -39,13 +46,19 @@ class Ek100(base.VideoBuilder):
 
   def _split_items(self, manual_dir):
     index = base.index_files(manual_dir)
+    files = {split: base.find(manual_dir, fname) for split, fname in SPLIT_FILES.items()}
+    test = base.find_optional(manual_dir, TEST_FILE)
+    if test is not None:
+      files['test'] = test
     out = {}
-    for split, fname in [('train', 'EPIC_100_train.csv'), ('validation', 'EPIC_100_validation.csv')]:
-      rows = self.read_csv(base.find(manual_dir, fname))
-      out[split] = [
-          base.Item(key=r['narration_id'], path=index.get(r['video_id'], r['video_id'] + '.MP4'),
-                    labels={'verb': int(r['verb_class']), 'noun': int(r['noun_class'])},
-                    video_id=r['video_id'], start=base.timestamp_to_seconds(r['start_timestamp']),
-                    stop=base.timestamp_to_seconds(r['stop_timestamp']))
-          for r in rows]
+    for split, path in files.items():
+      out[split] = []
+      for r in self.read_csv(path):
+        labels = ({'verb': base.UNLABELLED, 'noun': base.UNLABELLED} if split == 'test' else
+                  {'verb': int(r['verb_class']), 'noun': int(r['noun_class'])})
+        out[split].append(base.Item(
+            key=r['narration_id'], path=index.get(r['video_id'], r['video_id'] + '.MP4'),
+            labels=labels, video_id=r['video_id'],
+            start=base.timestamp_to_seconds(r['start_timestamp']),
+            stop=base.timestamp_to_seconds(r['stop_timestamp'])))
     return out
