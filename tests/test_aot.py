@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from ca2st_jax.tools import aot
+from tests_helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,13 +39,6 @@ def run_aot(*args):
   env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "ca2st_jax.tools.aot", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
-
-
-def load_config(name, variant=""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def test_topology_names_as_cloud_tpu_spells_them():

@@ -1,5 +1,4 @@
 """tools/export_torch: the command line, dtypes/formats, and export from a training workdir."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,15 +12,9 @@ from ca2st_jax import models
 from ca2st_jax.interop import torch_model
 from ca2st_jax.interop import torch_import
 from ca2st_jax.tools import export_torch
+from tests_helpers import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def test_command_line_writes_a_strict_loadable_state_dict(tmp_path):

@@ -17,10 +17,7 @@ REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
 
 
-def tiny(name, **overrides):
-  cfg = config_lib.tiny(config_lib.model_config(name))
-  cfg.update(overrides)
-  return cfg
+from tests_helpers import tiny_model_config as tiny
 
 
 def inputs(cfg, seed=0):
@@ -189,11 +186,11 @@ def _per_layer_counts(trainable):
     ('authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv', 'ca2st_compositional',
      dict(spectrogram_length=400)),
 ])
-def test_trainable_set_matches_reference(tsv, name, overrides):
+def test_trainable_set_matches_reference(tsv, name, overrides, abstract_model):
   """Per block and outside the blocks, the trainable filter selects exactly as many parameters
   as the reference marks trained; everything else is frozen."""
   cfg = config_lib.model_config(name, **overrides)
-  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_model(cfg)
   trainable = nnx.state(model, models.TRAINABLE)
   ref_blocks, ref_top, ref_frozen = _reference_counts(tsv)
   per_layer = _per_layer_counts(trainable)

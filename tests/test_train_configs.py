@@ -2,7 +2,6 @@
 Grain pipeline on a tiny synthetic set, a few steps, then eval and the report. (The full demo run is
 measured by hand; see the README.) Every paper config's :tiny variant loads with its recipe."""
 import glob
-import importlib.util
 import json
 import os
 
@@ -14,12 +13,7 @@ from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import trainer
 
 
-def _config(name, arg=None):
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg) if arg else mod.get_config()
+from tests_helpers import load_config as _config
 
 
 def test_demo_config_few_steps(tmp_path):

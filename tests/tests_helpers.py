@@ -13,6 +13,14 @@ def load_config(name, arg=None):
   return module.get_config(arg)
 
 
+def tiny_model_config(name, **fields):
+  """config_lib.model_config(name) at config_lib.tiny's CPU-test size, `fields` replaced."""
+  from ca2st_jax import config_lib  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.tiny(config_lib.model_config(name))
+  cfg.update(fields)
+  return cfg
+
+
 def clip_options(**fields):
   """ca2st_jax.data.pipeline.ClipOptions of the default config.data and model, `fields` replaced."""
   import dataclasses  # pylint: disable=import-outside-toplevel
