@@ -35,6 +35,7 @@ def read_key_list(name):
   return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv,expected_total', CASES)
 def test_summary_counts_match_key_list(config_name, tsv, expected_total, abstract_model):
   cfg = load_config(config_name).model
@@ -49,6 +50,7 @@ def test_summary_counts_match_key_list(config_name, tsv, expected_total, abstrac
   assert bool(copies) == config_name.startswith('ca2st')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv,expected_total', CASES)
 def test_export_loads_strictly_into_key_list(config_name, tsv, expected_total,
                                             abstract_model):
@@ -116,6 +118,7 @@ def test_ek100_builder_stores_each_segment_audio(ek100_dir):
     np.testing.assert_allclose(peak, 0.1 * (start + 1), rtol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name', ['cava_ek100', 'ca2st_ek100'])
 def test_ek100_tiny_config_one_train_and_eval_step(config_name, ek100_dir, tmp_path):
   from absl import flags  # pylint: disable=import-outside-toplevel

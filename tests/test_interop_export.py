@@ -17,6 +17,7 @@ from tests_helpers import load_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_command_line_writes_a_strict_loadable_state_dict(tmp_path):
   out = str(tmp_path / 'ca2st.pth')
   env = dict(os.environ, JAX_PLATFORMS='cpu')

@@ -121,6 +121,7 @@ def read_tsv(name, with_flags=False):
   return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv', [
     ('cast_k400', 'official_keys_cast_k400.tsv'),
     ('cast_ek100', 'official_keys_cast_ek100.tsv'),

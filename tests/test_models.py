@@ -176,6 +176,7 @@ def _per_layer_counts(trainable):
   return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tsv,name,overrides', [
     ('official_keys_cast_k400.tsv', 'cast', dict(num_classes=400)),
     ('official_keys_cast_ek100.tsv', 'cast_compositional', {}),

@@ -130,6 +130,7 @@ def test_fused_feature_is_what_the_head_reads():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_trained_model_gets_its_own_clips_right(trained):
   config, workdir, clips = trained
   # The trainer recorded the builder's class names in the workdir; predict finds them there.
@@ -143,6 +144,7 @@ def test_trained_model_gets_its_own_clips_right(trained):
   assert got == [c for _, c in clips], list(zip(got, [c for _, c in clips]))
 
 
+@pytest.mark.slow
 def test_export_carries_its_labels_and_predicts_the_same(trained, tmp_path):
   torch = pytest.importorskip('torch')  # the [torch] extra
   del torch
@@ -163,6 +165,7 @@ def test_export_carries_its_labels_and_predicts_the_same(trained, tmp_path):
     assert abs(results[0][k] - results[1][k]) < 1e-5
 
 
+@pytest.mark.slow
 def test_command_line_on_every_kind_of_file(trained, videos, tmp_path):
   _, workdir, _ = trained
   paths, _ = videos

@@ -16,6 +16,7 @@ from ca2st_jax.train import trainer
 from tests_helpers import load_config as _config
 
 
+@pytest.mark.slow
 def test_demo_config_few_steps(tmp_path):
   from absl import flags
   if not flags.FLAGS.is_parsed():
@@ -151,6 +152,7 @@ def compile_once_per_program(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, compile_once_per_program):
   """configs/<name>.py at :tiny through the real trainer on the 8 simulated devices: one train
