@@ -99,6 +99,7 @@ def test_export_from_a_training_workdir(tmp_path):
     export_torch.export(config, str(tmp_path / 'y.pth'), workdir=str(tmp_path / 'empty'))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_and_a_missing_output_folder(tmp_path):
   config, setup = _demo_checkpoint(tmp_path)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())

@@ -43,7 +43,9 @@ def count(state):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
 
 
-@pytest.mark.parametrize('name', ['cast', 'cast_compositional', 'cava', 'ca2st'])
+@pytest.mark.parametrize('name', [pytest.param('cast', marks=pytest.mark.slow),
+                                  pytest.param('cast_compositional', marks=pytest.mark.slow),
+                                  pytest.param('cava', marks=pytest.mark.slow), 'ca2st'])
 def test_zero_init_experts_unchanged(name):
   """At init, each expert's pooled feature inside the model equals the expert run alone."""
   cfg = tiny(name, audio_exchange_start=0)
@@ -221,6 +223,7 @@ def test_jit_traces_once_and_dtypes():
     assert all(p.dtype == jnp.float32 for p in params)
 
 
+@pytest.mark.slow
 def test_drop_path_only_in_training():
   cfg = tiny('cast', drop_path=0.5, head_dropout=0.5)
   model = models.build(cfg, rngs=nnx.Rngs(0))
@@ -259,6 +262,7 @@ def test_unknown_variant():
     config_lib.parse_variant('huge')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,policy', [('cast', 'dots'), ('ca2st', 'full')])
 def test_remat_same_values_and_gradients(name, policy):
   """Remat changes neither the loss nor the gradients over the trainable set, in training mode
