@@ -1,4 +1,5 @@
-"""launch/*.sh with DRY_RUN=1: the commands they would run, and no cloud or cluster call."""
+"""launch/*.sh: what the DRY_RUN=1 commands print, run through recording fakes (no cloud or cluster
+call), and how local.sh starts, stops and signals its processes."""
 import os
 import shlex
 import signal
