@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from ca2st_jax.tools import aot
+from tests_helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,13 +39,6 @@ def run_aot(*args):
   env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "ca2st_jax.tools.aot", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
-
-
-def load_config(name, variant=""):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def test_topology_names_as_cloud_tpu_spells_them():
@@ -100,6 +94,7 @@ def test_flops_of_the_train_step_scale_with_accumulated_micro_batches():
   assert flops[1] > 0 and flops[2] == 2 * flops[1]
 
 
+@pytest.mark.slow
 @NEEDS_LIBTPU
 def test_tiny_config_fits_a_small_slice():
   proc = run_aot("--config=configs/ca2st_vggsound.py:tiny", "--topology=v5e-4",
@@ -122,6 +117,7 @@ def test_tiny_config_fits_a_small_slice():
   assert r["eval_flops_per_device"] < r["flops_per_step_per_device"] < 3 * r["eval_flops_per_device"]
 
 
+@pytest.mark.slow
 @NEEDS_LIBTPU
 def test_flash_attention_compiles_for_a_sharded_slice():
   # 128-pixel frames: 256 VideoMAE tokens, so the Pallas flash kernel runs there (it
@@ -136,6 +132,7 @@ def test_flash_attention_compiles_for_a_sharded_slice():
   assert r["fits"] is True
 
 
+@pytest.mark.slow
 @NEEDS_LIBTPU
 def test_too_large_a_batch_does_not_fit():
   proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=v5e-4",
@@ -146,6 +143,7 @@ def test_too_large_a_batch_does_not_fit():
   assert float(found[1]) > float(found[2]) > 15
 
 
+@pytest.mark.slow
 @NEEDS_CUDA_PLUGIN
 def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
   proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=h100-8", "--per_device_batch=2",
@@ -158,6 +156,7 @@ def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
   assert r["eval_flops_per_device"] == pytest.approx(2 * r["forward_macs_per_clip"] * 16 / 8)
 
 
+@pytest.mark.slow
 @NEEDS_CUDA_PLUGIN
 def test_bfloat16_config_on_h100_compiles_xla_attention_without_a_gpu():
   # 'auto' picks cuDNN on a GPU in bfloat16, which cannot be traced without one.

@@ -20,6 +20,7 @@ DATA_STACK = ('grain', 'tensorflow_datasets', 'tensorflow', 'av', 'kaldi_native_
               'cv2', 'array_record')
 
 
+@pytest.mark.slow
 def test_benchmark_cli_without_data_stack(tmp_path):
   """cast_k400:tiny through the real trainer step and the PyTorch model (eager and SDPA) on the
   8 simulated CPU devices, with the data stack made unimportable."""

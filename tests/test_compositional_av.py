@@ -9,9 +9,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
-from ca2st_jax import models
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.interop import torch_model
 from ca2st_jax.tools import summary
@@ -37,10 +35,11 @@ def read_key_list(name):
   return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv,expected_total', CASES)
-def test_summary_counts_match_key_list(config_name, tsv, expected_total, fast_abstract_tracing):
+def test_summary_counts_match_key_list(config_name, tsv, expected_total, abstract_model):
   cfg = load_config(config_name).model
-  counts = summary.parameter_counts(nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0))))
+  counts = summary.parameter_counts(abstract_model(cfg))
   # The key list names a shared tensor (CA²ST's bcast_share) under each of its names.
   with torch.device('meta'):
     shared = torch_model.shared_names(torch_model.build(cfg))
@@ -51,9 +50,10 @@ def test_summary_counts_match_key_list(config_name, tsv, expected_total, fast_ab
   assert bool(copies) == config_name.startswith('ca2st')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv,expected_total', CASES)
 def test_export_loads_strictly_into_key_list(config_name, tsv, expected_total,
-                                            fast_abstract_tracing):
+                                            abstract_model):
   """At base size, shapes only: a state_dict of the key list's names and shapes loads into the
   PyTorch reference-layout model (meta device) with strict=True, and the export of the JAX model
   has exactly those names and shapes (the order and the trained flags are compared in
@@ -64,7 +64,7 @@ def test_export_loads_strictly_into_key_list(config_name, tsv, expected_total,
   with torch.device('meta'):
     model = torch_model.build(cfg)
     model.load_state_dict({k: torch.empty(s) for k, s, _ in rows}, strict=True, assign=True)
-  abstract = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  abstract = abstract_model(cfg)
   entries = torch_mapping.model_table(abstract, cfg)
   shapes = torch_mapping.reference_shapes(entries, torch_mapping.jax_shapes(abstract))
   assert dict(shapes) == {k: s for k, s, _ in rows}
@@ -118,6 +118,7 @@ def test_ek100_builder_stores_each_segment_audio(ek100_dir):
     np.testing.assert_allclose(peak, 0.1 * (start + 1), rtol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name', ['cava_ek100', 'ca2st_ek100'])
 def test_ek100_tiny_config_one_train_and_eval_step(config_name, ek100_dir, tmp_path):
   from absl import flags  # pylint: disable=import-outside-toplevel

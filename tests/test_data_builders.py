@@ -369,6 +369,7 @@ def test_tfds_route_defaults(tmp_path, monkeypatch):
   assert used == [] and b.info.splits['train'].num_examples == 2
 
 
+@pytest.mark.slow
 def test_tfds_command_line_builds_array_record(tmp_path):
   """The README's `tfds build` line, run for real (the `tfds` CLI imports TensorFlow)."""
   import importlib.util  # pylint: disable=import-outside-toplevel

@@ -127,6 +127,7 @@ _RUN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_resume_in_new_process_gives_next_batch(data_dir, tmp_path):
   cfg = make_config(data_dir)
   k = 4                                                    # > 1 epoch of 12 / 4 = 3 batches

@@ -1,5 +1,4 @@
 """tools/export_torch: the command line, dtypes/formats, and export from a training workdir."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,17 +12,12 @@ from ca2st_jax import models
 from ca2st_jax.interop import torch_model
 from ca2st_jax.interop import torch_import
 from ca2st_jax.tools import export_torch
+from tests_helpers import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
+@pytest.mark.slow
 def test_command_line_writes_a_strict_loadable_state_dict(tmp_path):
   out = str(tmp_path / 'ca2st.pth')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -105,6 +99,7 @@ def test_export_from_a_training_workdir(tmp_path):
     export_torch.export(config, str(tmp_path / 'y.pth'), workdir=str(tmp_path / 'empty'))
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_and_a_missing_output_folder(tmp_path):
   config, setup = _demo_checkpoint(tmp_path)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())

@@ -11,12 +11,12 @@ import torch
 from flax import nnx
 from torch import nn
 
-from ca2st_jax import config_lib
 from ca2st_jax import models
 from ca2st_jax.interop import torch_import
 from ca2st_jax.interop import torch_io
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.tools import export_torch
+from tests_helpers import tiny_model_config
 
 transformers = pytest.importorskip('transformers')
 
@@ -24,11 +24,9 @@ WIDTH, DEPTH, HEADS, MLP = 32, 2, 2, 64
 
 
 def tiny(name, **overrides):
-  cfg = config_lib.tiny(config_lib.model_config(name, num_classes=5))
-  cfg.update(dict(width=WIDTH, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP, num_frames=4,
-                  audio_exchange_start=1))
-  cfg.update(overrides)
-  return cfg
+  return tiny_model_config(name, **{**dict(num_classes=5, width=WIDTH, depth=DEPTH, num_heads=HEADS,
+                                           mlp_dim=MLP, num_frames=4, audio_exchange_start=1),
+                                    **overrides})
 
 
 def build(cfg, seed=0):

@@ -1,6 +1,5 @@
 """JAX model vs the PyTorch reference-layout model, on the same weights; mapping round trips;
 export key lists at base size against the reference key lists (tests/fixtures/reference/*.tsv)."""
-import importlib.util
 import os
 
 import numpy as np
@@ -8,21 +7,20 @@ import pytest
 import torch
 from flax import nnx
 
-from ca2st_jax import config_lib
 from ca2st_jax import models
 from ca2st_jax.interop import torch_model
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.tools import export_torch
+from tests_helpers import load_config, tiny_model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, 'tests', 'fixtures', 'reference')
 
 
 def tiny(name, **overrides):
-  cfg = config_lib.tiny(config_lib.model_config(name, num_classes=5, num_verbs=3, num_nouns=4))
-  cfg.update(dict(num_frames=4, drop_path=0.1, head_dropout=0.1, audio_exchange_start=1))
-  cfg.update(overrides)
-  return cfg
+  return tiny_model_config(name, **{**dict(num_classes=5, num_verbs=3, num_nouns=4, num_frames=4,
+                                           drop_path=0.1, head_dropout=0.1,
+                                           audio_exchange_start=1), **overrides})
 
 
 def randomised(cfg, seed=0):
@@ -123,13 +121,7 @@ def read_tsv(name, with_flags=False):
   return rows
 
 
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize('config_name,tsv', [
     ('cast_k400', 'official_keys_cast_k400.tsv'),
     ('cast_ek100', 'official_keys_cast_ek100.tsv'),
@@ -139,10 +131,10 @@ def load_config(name):
     ('cava_ek100', 'authors_keys_cava_compo_ek100_t400.tsv'),
     ('ca2st_ek100', 'authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv'),
 ])
-def test_export_keys_and_shapes_match_reference_at_base_size(config_name, tsv, fast_abstract_tracing):
+def test_export_keys_and_shapes_match_reference_at_base_size(config_name, tsv, abstract_model):
   config = load_config(config_name)
   cfg = config.model
-  abstract = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(params=0, dropout=1)))
+  abstract = abstract_model(cfg)
   entries = torch_mapping.model_table(abstract, cfg)
   shapes = torch_mapping.reference_shapes(entries, torch_mapping.jax_shapes(abstract))
   order = export_torch.reference_order(cfg)

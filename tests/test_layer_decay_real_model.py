@@ -19,10 +19,10 @@ import ml_collections
 import pytest
 from flax import nnx
 
-from ca2st_jax import config_lib
 from ca2st_jax import models
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.train import optim
+from tests_helpers import tiny_model_config
 
 UNFREEZE = ('cross', 'clip_temporal_embedding', 'Adapter', 'ln_post', 'vmae_fc_norm', 'last_proj',
             'head', 'time_mlp')
@@ -41,8 +41,7 @@ def _reference_decays(name, shape):
 
 
 def _tiny_model(name, **overrides):
-  cfg = config_lib.tiny(config_lib.model_config(name, num_classes=5))
-  cfg.update(overrides)
+  cfg = tiny_model_config(name, **{'num_classes': 5, **overrides})
   return cfg, models.build(cfg, rngs=nnx.Rngs(0))
 
 

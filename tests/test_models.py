@@ -17,10 +17,7 @@ REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
 
 
-def tiny(name, **overrides):
-  cfg = config_lib.tiny(config_lib.model_config(name))
-  cfg.update(overrides)
-  return cfg
+from tests_helpers import tiny_model_config as tiny
 
 
 def inputs(cfg, seed=0):
@@ -46,7 +43,9 @@ def count(state):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
 
 
-@pytest.mark.parametrize('name', ['cast', 'cast_compositional', 'cava', 'ca2st'])
+@pytest.mark.parametrize('name', [pytest.param('cast', marks=pytest.mark.slow),
+                                  pytest.param('cast_compositional', marks=pytest.mark.slow),
+                                  pytest.param('cava', marks=pytest.mark.slow), 'ca2st'])
 def test_zero_init_experts_unchanged(name):
   """At init, each expert's pooled feature inside the model equals the expert run alone."""
   cfg = tiny(name, audio_exchange_start=0)
@@ -179,6 +178,7 @@ def _per_layer_counts(trainable):
   return counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('tsv,name,overrides', [
     ('official_keys_cast_k400.tsv', 'cast', dict(num_classes=400)),
     ('official_keys_cast_ek100.tsv', 'cast_compositional', {}),
@@ -189,11 +189,11 @@ def _per_layer_counts(trainable):
     ('authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv', 'ca2st_compositional',
      dict(spectrogram_length=400)),
 ])
-def test_trainable_set_matches_reference(tsv, name, overrides):
+def test_trainable_set_matches_reference(tsv, name, overrides, abstract_model):
   """Per block and outside the blocks, the trainable filter selects exactly as many parameters
   as the reference marks trained; everything else is frozen."""
   cfg = config_lib.model_config(name, **overrides)
-  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  model = abstract_model(cfg)
   trainable = nnx.state(model, models.TRAINABLE)
   ref_blocks, ref_top, ref_frozen = _reference_counts(tsv)
   per_layer = _per_layer_counts(trainable)
@@ -223,6 +223,7 @@ def test_jit_traces_once_and_dtypes():
     assert all(p.dtype == jnp.float32 for p in params)
 
 
+@pytest.mark.slow
 def test_drop_path_only_in_training():
   cfg = tiny('cast', drop_path=0.5, head_dropout=0.5)
   model = models.build(cfg, rngs=nnx.Rngs(0))
@@ -261,6 +262,7 @@ def test_unknown_variant():
     config_lib.parse_variant('huge')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,policy', [('cast', 'dots'), ('ca2st', 'full')])
 def test_remat_same_values_and_gradients(name, policy):
   """Remat changes neither the loss nor the gradients over the trainable set, in training mode
@@ -303,7 +305,7 @@ def _pre_head(model, name, batch):
           + model.audio_last_adapter(audio))
 
 
-@pytest.mark.parametrize('name', ['cast', 'ca2st'])
+@pytest.mark.parametrize('name', [pytest.param('cast', marks=pytest.mark.slow), 'ca2st'])
 def test_bfloat16_frozen_storage_matches_float32(name):
   """Shared weights: float32 throughout vs bf16 compute with the frozen experts stored in bf16
   (cast on import). The head is set to prototypes of the batch's own float32 features, so class

@@ -219,6 +219,7 @@ def test_timeline_goes_only_where_asked():
   assert predict.timeline_path('out/p.jsonl', 't.png') == 't.png'
 
 
+@pytest.mark.slow
 def test_command_line_on_every_kind_of_file(untrained, videos, tmp_path):
   config, setup, trees, workdir = untrained
   out_json, out_npz = tmp_path / 'out' / 'p.jsonl', tmp_path / 'out' / 'feats.npz'

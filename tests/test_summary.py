@@ -9,6 +9,7 @@ from ca2st_jax.tools import summary
 from tests_helpers import load_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config,total,trainable,gmacs', [
     ('cast_k400', 217_402_384, 45_378_832, 390.5),
     ('cava_epic_sounds', 215_233_964, 43_820_204, 241.0),
@@ -20,6 +21,7 @@ def test_base_counts_and_cost(config, total, trainable, gmacs):
   assert abs(result['gmacs_per_view'] - gmacs) / gmacs < 0.03
 
 
+@pytest.mark.slow
 def test_cli_json_on_tiny():
   out = subprocess.run(
       [sys.executable, '-m', 'ca2st_jax.tools.summary', '--config=configs/ca2st_vggsound.py:tiny',
@@ -32,6 +34,7 @@ def test_cli_json_on_tiny():
                                   'time_encoding'}
 
 
+@pytest.mark.slow
 def test_train_tflops_cast_k400():
   """A train step is ~2.3x the forward in FLOPs: the frozen experts pass activation gradients but
   have no weight gradients (issue 10), not the 3x of a fully trained network."""

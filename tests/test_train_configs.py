@@ -17,10 +17,10 @@ from sources import InMemorySource
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _config(name, arg=None):
-  return config_lib.load_config(os.path.join(CONFIGS, f"{name}.py"), arg)
+from tests_helpers import load_config as _config
 
 
+@pytest.mark.slow
 def test_demo_config_few_steps(tmp_path):
   from absl import flags
   if not flags.FLAGS.is_parsed():
@@ -152,6 +152,7 @@ def compile_once_per_program(tmp_path_factory):
   compilation_cache.reset_cache()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, compile_once_per_program):
   """configs/<name>.py at :tiny through the real trainer on the 8 simulated devices: one train

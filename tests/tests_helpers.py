@@ -1,16 +1,22 @@
 """Small helpers shared by the tests."""
-import importlib.util
 import pathlib
+
+from ca2st_jax import config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name, arg=None):
   """configs/<name>.py's get_config(arg)."""
-  spec = importlib.util.spec_from_file_location(f'configs.{name}', ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(str(ROOT / 'configs' / f'{name}.py'), arg)
+
+
+def tiny_model_config(name, **fields):
+  """config_lib.model_config(name) at config_lib.tiny's CPU-test size, `fields` replaced."""
+  from ca2st_jax import config_lib  # pylint: disable=import-outside-toplevel
+  cfg = config_lib.tiny(config_lib.model_config(name))
+  cfg.update(fields)
+  return cfg
 
 
 def clip_options(**fields):
