@@ -13,6 +13,8 @@ from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.data import synthetic
 from tests_helpers import load_config
 
+pytestmark = pytest.mark.slow  # a short demo run through the real pipeline
+
 
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):

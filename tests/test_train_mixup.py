@@ -101,6 +101,7 @@ def _smoothed_one_hot(y):
   return np.where(np.arange(CLASSES) == y[:, None], 1 - SMOOTHING + off, off)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mixup_audio", [False, True])
 def test_train_step_mixes_video_and_targets_and_audio_only_when_asked(mixup_audio, monkeypatch):
   batch, seen, out = _one_step(mixup_audio, monkeypatch)
