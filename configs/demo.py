@@ -16,11 +16,12 @@ clips per video, multi-view softmax averaging), and leaves in the workdir:
 and ends by printing a ready `python -m ca2st_jax.predict` command on one of its test clips.
 Re-evaluate the finished run:  ... --mode=eval
 
-Sized so the result does not sit on an edge: clips are stored at the model's input size (8 frames
-of 32x32, 1 s, so one decode per frame and no resize), the background stands still (frame
-differences show the motion), and training takes the whole frame (no random crop, no flip: a flip
-would swap the direction classes). The task is learned well before the last step; a Grain worker
-per core keeps the step, not the input, the bottleneck.
+Sized so that the result does not sit on an edge: each factor is plain to see (a square or a ring,
+not a disc that differs from a square only in its corners; a step of about a sixth of the frame
+between frames over a still background; a 300 or 1200 Hz tone), the clips are stored at the
+model's input size (8 frames of 32x32, 1 s: one JPEG decode per frame and no resize), training
+takes the whole frame (no random crop; no flip, which would swap the direction classes), and two
+Grain workers keep the input ahead of the train step on 2 cores.
 
 There are no pretrained experts offline, so the demo trains every parameter (train.trainable='all');
 with the paper's frozen set (trainable='reference') random frozen experts leave the adapters stuck

@@ -1,6 +1,6 @@
 """A small synthetic audio-visual dataset: real .mp4 files with an audio track, built like VGGSound.
 
-Each clip shows one shape (square or disc, random colour and size) moving across a still, noisy
+Each clip shows one shape (square or ring, random colour and size) moving across a still, noisy
 random background (left-to-right or right-to-left, random height) while a tone sounds (low ~300 Hz
 or high ~1200 Hz, random pitch jitter, with noise). The 8 classes are shape × direction × tone,
 so a model needs appearance (shape), motion (direction: no single frame tells it) and sound (tone)
@@ -26,7 +26,7 @@ import numpy as np
 from ca2st_jax.data import decode
 from ca2st_jax.data.builders import base, vggsound
 
-SHAPES = ('square', 'disc')
+SHAPES = ('square', 'ring')
 DIRECTIONS = ('rightward', 'leftward')
 TONES = ('low', 'high')
 CLASSES = tuple(f'{s} {d} {t}' for s in SHAPES for d in DIRECTIONS for t in TONES)
@@ -50,7 +50,7 @@ class SyntheticSpec:
   audio_rate: int = 16000
   seed: int = 0
   # Bumped whenever render_clip changes, so cached clips of an older drawing are not reused.
-  render_version: int = 3
+  render_version: int = 5
   # Extra rows to exercise the builder's error handling (tests): a corrupt file, a file with no
   # audio track, a listed file that does not exist.
   corrupt: int = 0
@@ -66,10 +66,12 @@ def render_clip(label: int, rng: np.random.Generator, spec: SyntheticSpec):
   bg = np.clip(rng.integers(0, 120, size=3) + rng.normal(0, 12, (size, width, 3)), 0, 255)
   frames = np.repeat(bg[None], t_len, axis=0)
   colour = rng.integers(140, 256, size=3)
-  # Large enough that disc and square still differ after a 0.6-scale crop resized to 32 pixels.
+  # Large enough that ring and square still differ after a 0.6-scale crop resized to 32 pixels.
   r = size // 5 + int(rng.integers(0, size // 16 + 1))
   cy = int(rng.integers(r, size - r))
-  x0, x1 = r, width - r
+  # From a quarter in view at one edge to a quarter in view at the other: steps of about a sixth
+  # of the frame width between frames, so the direction of motion is plain to see.
+  x0, x1 = -r / 2, width + r / 2
   if direction == 1:
     x0, x1 = x1, x0
   yy, xx = np.mgrid[:size, :width]
@@ -77,8 +79,9 @@ def render_clip(label: int, rng: np.random.Generator, spec: SyntheticSpec):
     cx = x0 + (x1 - x0) * t / max(t_len - 1, 1)
     if shape == 0:
       mask = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
-    else:
-      mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    else:  # a ring, not a disc: a disc differs from a square only in its corners
+      d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+      mask = (d2 <= r * r) & (d2 >= r * r / 4)
     frames[t][mask] = colour
   n = int(spec.audio_rate * t_len / spec.fps)
   freq = (300.0 if tone == 0 else 1200.0) * rng.uniform(0.9, 1.1)
