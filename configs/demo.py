@@ -4,7 +4,7 @@ r"""Demo: a tiny CA²ST learns the synthetic audio-visual set, on CPU, in a few 
 
 It writes the synthetic clips (real .mp4 files with audio; 8 classes = shape x motion direction x
 tone, so appearance, motion and sound are all needed) and their TFDS ArrayRecord build once under
-$TFDS_DATA_DIR/synthetic_av (default ~/tensorflow_datasets; about 50 MB), printing where; trains the
+$TFDS_DATA_DIR/synthetic_av (default ~/tensorflow_datasets; about 65 MB), printing where; trains the
 same CA²ST code as the paper configs at toy size through the real Grain pipeline, evaluates (2
 clips per video, multi-view softmax averaging), and leaves in the workdir:
   metrics.jsonl   a JSON line per train log or eval, e.g. {"step": 500, "split": "val", "top1": 1.0}
