@@ -23,6 +23,7 @@ from tests_helpers import load_config as _config
 @pytest.mark.slow
 def test_demo_config_few_steps(tmp_path):
   from absl import flags
+  from ca2st_jax.data import pipeline
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   cfg = _config("demo")
@@ -31,9 +32,30 @@ def test_demo_config_few_steps(tmp_path):
   cfg.data.update(eval_batch_size=8, num_workers=0)
   cfg.train.update(batch_size=8, total_steps=2, warmup_steps=1, log_every=1, eval_every=0,
                    ckpt_every=2)
+  # The demo's task through the real pipeline (after the .mp4 and JPEG round trips): balanced
+  # classes, the model's input shapes, and each factor of the label visible in what the model gets.
+  source = pipeline.Source(cfg)
+  names = source.class_names()["label"]
+  split, _ = pipeline.open_split(source.dir, "train")
+  train = [split[i]["label"] for i in range(len(split))]
+  assert np.bincount(train, minlength=8).tolist() == [2] * 8
+  m = cfg.model
+  batch = next(source.train_iterator())
+  assert batch["video"].shape == (8, m.num_frames, m.image_size, m.image_size, 3)
+  assert batch["audio"].shape == (8, m.spectrogram_length, m.num_mel_bins)
+  for video, spec, label in zip(batch["video"], batch["audio"], batch["label"]):
+    shape, direction, tone = names[label].split()
+    gray = video.astype(np.float32).sum(-1)  # [F, H, W]; the shape is brighter than any background
+    bright = gray > 0.5 * (gray.max(axis=(1, 2), keepdims=True) + np.median(gray, axis=(1, 2),
+                                                                             keepdims=True))
+    x = [np.nonzero(b)[1].mean() for b in bright]
+    moved = x[-1] - x[0]
+    assert (moved > 8) if direction == "rightward" else (moved < -8), (names[label], x)
+    peak = int(np.argmax(spec.mean(axis=0)))  # mel bin of the tone: ~4 for 300 Hz, ~13 for 1200 Hz
+    assert (peak < 8) if tone == "low" else (peak >= 8), (names[label], peak)
   wd = str(tmp_path / "wd")
   one = jax.devices()[:1]  # the multi-device paths are covered by test_train_step/resume
-  res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", devices=one)
+  res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", devices=one, source=source)
   assert res["num_videos"] == 8
   # per-video accuracies of 8 videos: whole hits; top-5 finds at least what top-1 does
   assert res["top1"] * 8 == pytest.approx(round(res["top1"] * 8)) and res["top5"] >= res["top1"]

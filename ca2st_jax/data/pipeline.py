@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 
 import grain
 import numpy as np
@@ -359,6 +360,10 @@ class Source:
     self.num_workers = resolve_num_workers(d.num_workers)
     self.seed = int(d.seed)
     self.prefetch = int(d.prefetch)
+    if self.host_index == 0:  # the model's compile follows: say so before that silent minute
+      print(f'data: {self.num_train_examples} training examples in {self.dir} '
+            f'({self.num_workers} input workers); compiling the model next', file=sys.stderr,
+            flush=True)
 
   def num_classes(self) -> dict[str, int]:
     return {k: self.info.features[k].num_classes for k in self.opts.labels}
