@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -484,6 +485,10 @@ def train(run: Run, state, frozen, rest, data_state, last_good, step_hook=None) 
     while step < total:
       batch = next(batches)
       if step == first_step:
+        # The first call compiles: a minute or more of silence on a CPU without this line.
+        print(f"compiling the train step; the first log line comes at step "
+              f"{(step // int(tcfg.log_every) + 1) * int(tcfg.log_every)}", file=sys.stderr,
+              flush=True)
         mesh_lib.compile_then_sync(setup.train_step, state, frozen, rest, batch, name="train step")
       state, out = setup.train_step(state, frozen, rest, batch)
       step += 1
