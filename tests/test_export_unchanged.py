@@ -1,8 +1,8 @@
 """Exports of freshly built tiny models are bit-identical to those of the unstacked layers.
 
 tests/fixtures/export_digests.json holds, per model, the ordered (reference key, dtype, shape,
-sha256 prefix) of `export_torch.export_arrays` as written by the code before the scanned layers
-(commit e35b73e, whose layers were Python lists): regenerate only on purpose, with
+sha256 prefix) of `export_torch.export_arrays` as written by a model whose layers were Python
+lists, one module per layer (the reference's own structure): regenerate only on purpose, with
 
     PYTHONPATH=<checkout> python tests/test_export_unchanged.py tests/fixtures/export_digests.json
 
