@@ -5,6 +5,7 @@ experts may then be stored in the compute dtype (`models.build`). LayerNorm stat
 reduced in float32 whatever the compute dtype, as the reference's fp16-safe LayerNorm does.
 """
 import functools
+import itertools
 import warnings
 
 import jax
@@ -165,9 +166,22 @@ def _per_batch_shard(kernel):
                        check_vma=False)
 
 
+# Numbers each traced attention call: its named scope tells tools.roofline which kernels of the
+# compiled program belong to which attention, and its shape.
+_ATTENTION_CALLS = itertools.count()
+
+
 def attention(q, k, v, implementation: str):
   """softmax(q k^T / sqrt(D)) v for [B, T, H, D] queries and [B, S, H, D] keys/values with the
   kernel `resolve_attention` chose. Logits and softmax are float32 in every kernel."""
+  batch, q_len, heads, head_dim = q.shape
+  scope = (f'attention{next(_ATTENTION_CALLS)}_bh{batch * heads}_q{q_len}_k{k.shape[1]}_'
+           f'd{head_dim}')
+  with jax.named_scope(scope):
+    return _attention(q, k, v, implementation)
+
+
+def _attention(q, k, v, implementation: str):
   if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
     return _per_batch_shard(_tpu_flash_attention)(q, k, v)
   if implementation == 'cudnn' and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0:
