@@ -101,6 +101,8 @@ class CAST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -126,7 +128,7 @@ class CAST(nnx.Module):
         body, (self.spatial.embed(video), self.temporal.embed(video)),
         [self.layers.layer_params(), self.spatial.blocks.layer_params(),
          self.temporal.blocks.layer_params()],
-        self.drop_path.inputs(deterministic), remat=self.remat)
+        self.drop_path.inputs(deterministic), remat=self.remat, unroll=self.unroll)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
@@ -183,6 +185,8 @@ class CAVA(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'cava_compositional'
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
@@ -216,7 +220,7 @@ class CAVA(nnx.Module):
         body, (self.audio.embed(audio), self.spatial.embed(video)),
         [self.layers.layer_params(), self.audio.blocks.layer_params(),
          self.spatial.blocks.layer_params()],
-        self.drop_path.inputs(deterministic), remat=self.remat)
+        self.drop_path.inputs(deterministic), remat=self.remat, unroll=self.unroll)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
   def __call__(self, video, audio, audio_times, *, deterministic=True):
@@ -309,6 +313,8 @@ class CA2ST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'ca2st_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -361,7 +367,8 @@ class CA2ST(nnx.Module):
       experts = [expert.blocks.layer_params(first, stop)
                  for expert in (self.spatial, self.temporal, self.audio)]
       tokens = layers.run_stacks(body, tokens, [group.layer_params(), *experts],
-                                 select(drop_path_inputs, first, stop), remat=self.remat)
+                                 select(drop_path_inputs, first, stop), remat=self.remat,
+                                 unroll=self.unroll)
     spatial, temporal, audio_tokens = tokens
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 

@@ -22,10 +22,11 @@ Attention the target runs as a fused kernel is costed as one flash kernel per at
 direction, whatever the compiled program does: forward 4 B H Tq Tk D FLOPs reading q, k, v and
 writing o and the softmax statistics; backward 10 B H Tq Tk D FLOPs (the scores recomputed, then
 dP, dV, dQ, dK) reading q, k, v, o, dO and the statistics and writing dq, dk, dv; at the flash
-efficiency. On a GPU target that is cuDNN's kernel for even sequence lengths (the model's own
-rule, models.layers.attention); the program compiled without a GPU holds XLA's attention there
-(cuDNN cannot be traced without one), so its instructions are found by the einsums of
-jax.nn.dot_product_attention (op_name metadata) and the size of their score arrays, and replaced.
+efficiency. On a GPU target that is cuDNN's kernel, on lengths padded to even as the model pads
+them (models.layers.attention); the program compiled without a GPU holds XLA's attention there
+(cuDNN cannot be traced without one), so the kernels of each attention are found by the named
+scope models.layers.attention puts around it (or, for a product that lost its metadata, by the
+sizes of its arrays) and replaced.
 On TPU the Pallas flash kernel is already in the program (custom calls), costed by the products
 it computes on its padded blocks: forward 2, backward 4 (dK, dV) + 3 (dQ), the scores recomputed
 in both backward kernels.
@@ -386,11 +387,6 @@ def chip_of(topology: str) -> Chip:
   return CHIPS[family]
 
 
-def cudnn_fuses(q_len: int, k_len: int) -> bool:
-  """models.layers.attention's rule: cuDNN's kernels for even sequence lengths."""
-  return q_len % 2 == 0 and k_len % 2 == 0
-
-
 # ---------------------------------------------------------------------------------------- attention
 # models.layers.attention runs each call in a named scope: 'attention<call>_bh<B*H>_q<Tq>_k<Tk>_d<D>'.
 _SCOPE = re.compile(r'attention(\d+)_bh(\d+)_q(\d+)_k(\d+)_d(\d+)')
@@ -497,8 +493,11 @@ def roofline(hlo: str, topology: str, *, train: bool, model_flops: float | None 
   found = kernels(module, train=train)
   attentions, owner = attentions_of(module, found, train)
   for a in attentions.values():
-    # TPU: the program already holds the Pallas kernel where the model uses it.
-    a.fused = chip.fused_attention == 'cudnn' and cudnn_fuses(a.q_len, a.k_len)
+    # TPU: the program already holds the Pallas kernel where the model uses it. cuDNN: every
+    # attention, odd lengths padded to even (models.layers.attention).
+    a.fused = chip.fused_attention == 'cudnn'
+    a.q_len += a.q_len % 2 if a.fused else 0
+    a.k_len += a.k_len % 2 if a.fused else 0
 
   def seconds(flops, nbytes, flop_efficiency):
     return max(flops / (chip.peak_flops * flop_efficiency),
