@@ -125,11 +125,14 @@ def test_flash_attention_compiles_for_a_sharded_slice():
   # XLA refuses to partition a Mosaic call.
   proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=v5e-4", "--per_device_batch=1",
                  "--config.model.image_size=128", "--config.mesh.data=2", "--config.mesh.fsdp=2",
-                 "--json")
+                 "--roofline", "--json")
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["attention"] == "tpu_flash" and r["mesh"] == {"data": 2, "fsdp": 2}
   assert r["fits"] is True
+  # The roofline finds the Pallas kernels (forward, dK/dV, dQ) on each chip's 1 clip x 2 heads.
+  assert r["fused_attention"] == ["1 x [B*H=2, Tq=256, Tk=256, D=16]"]
+  assert r["train_roofline_groups"]["attention (fused kernel)"]["kernels"] == 3
 
 
 @pytest.mark.slow
@@ -157,6 +160,24 @@ def test_tiny_config_fits_eight_h100s_compiled_without_a_gpu():
 
 
 @pytest.mark.slow
+@NEEDS_CUDA_PLUGIN
+def test_roofline_of_the_steps_on_an_h200():
+  proc = run_aot("--config=configs/cast_k400.py:tiny", "--topology=h200-1", "--per_device_batch=2",
+                 "--config.model.dtype=bfloat16", "--roofline", "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r["device_kind"] == "NVIDIA H200"
+  assert r["train_kernels"] > r["eval_kernels"] > 0
+  assert r["train_bytes_per_clip"] > r["eval_bytes_per_clip"] > 0
+  assert r["train_roofline_ms"] > r["eval_roofline_ms"] > 0
+  assert 0 < r["train_roofline_mfu"] < 1
+  assert r["roofline_efficiency"] == {"matmul": 0.7, "bandwidth": 0.85, "flash": 0.5}
+  assert r["roofline_chip"]["bandwidth"] == 4.8e12
+  # Tiny's 16-pixel patches of 32-pixel frames: 4 VideoMAE tokens per frame pair, CLIP 5 (odd).
+  assert r["fused_attention"] and r["xla_attention"]
+  assert sum(g["kernels"] for g in r["train_roofline_groups"].values()) == r["train_kernels"]
+
+
 @NEEDS_CUDA_PLUGIN
 def test_bfloat16_config_on_h100_compiles_xla_attention_without_a_gpu():
   # 'auto' picks cuDNN on a GPU in bfloat16, which cannot be traced without one.

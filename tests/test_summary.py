@@ -3,8 +3,11 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from ca2st_jax.models import layers
 from ca2st_jax.tools import summary
 from tests_helpers import load_config
 
@@ -80,3 +83,24 @@ def test_train_count_leaves_out_the_attention_recompute():
     counts[name] = (summary.count_macs(jaxpr), summary.count_macs(jaxpr, skip_recompute=True))
   assert counts['kept'][0] == counts['kept'][1] == counts['recomputed'][1]
   assert counts['recomputed'][0] > counts['recomputed'][1]  # the recomputed q.k
+
+
+def test_pallas_flash_kernels_count_once_per_grid_point():
+  """The TPU flash kernel (interpreted on CPU) is counted as it computes: forward 2 products per
+  block pair, backward 4 (dK, dV with the scores recomputed) + 3 (dQ, recomputing them again)."""
+  q = jnp.zeros((2, 256, 2, 64), jnp.float32)
+  macs = 2 * 2 * 256 * 256 * 64  # B H Tq Tk D
+  forward = jax.make_jaxpr(lambda q: layers._tpu_flash_attention(q, q, q))(q).jaxpr
+  assert summary.count_macs(forward) == 2 * macs
+  step = jax.make_jaxpr(jax.value_and_grad(lambda q: layers._tpu_flash_attention(q, q, q).sum()))
+  assert summary.count_macs(step(q).jaxpr) == (2 + 4 + 3) * macs
+
+
+def test_shard_map_bodies_count_once_per_shard():
+  mesh = jax.make_mesh((2,), ('data',), devices=jax.devices()[:2])
+  spec = jax.sharding.PartitionSpec('data')
+  x = jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, spec))
+  per_shard = jax.shard_map(lambda x: x @ x.T, mesh=mesh, in_specs=spec, out_specs=spec,
+                            check_vma=False)
+  # Each of the 2 shards multiplies its [4, 16] rows by their transpose.
+  assert summary.count_macs(jax.make_jaxpr(per_shard)(x).jaxpr) == 2 * 4 * 16 * 4

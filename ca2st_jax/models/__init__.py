@@ -1,5 +1,7 @@
-"""Model construction, the trainable/frozen partition and layer ids for layer decay."""
+"""Model construction, the batch it reads, the trainable/frozen partition and layer ids for layer
+decay."""
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from ca2st_jax.models import fused
@@ -22,6 +24,25 @@ def family(name: str) -> str:
 
 def is_compositional(name: str) -> bool:
   return name.endswith('_compositional')
+
+
+def batch_spec(cfg, batch: int, *, image_size: int | None = None, labels: bool = False) -> dict:
+  """{name: jax.ShapeDtypeStruct} of a batch as the input pipeline yields it (ca2st_jax.data.pipeline,
+  "Batch layout"): uint8 video [B, T, H, W, 3]; for audio models the log-mel spectrogram [B, L, M]
+  and audio_times [B, slots + 1, 2] (row 0 the audio crop, then each video slot's [start, end]);
+  with `labels` the int32 targets ('label', or 'verb' and 'noun').
+
+  image_size: the frames' size when it is not the model's (a data config's crop_size)."""
+  size = image_size or cfg.image_size
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch, *shape), dtype)
+  out = {'video': spec((cfg.num_frames, size, size, 3), jnp.uint8)}
+  if family(cfg.name) in ('cava', 'ca2st'):
+    out['audio'] = spec((cfg.spectrogram_length, cfg.num_mel_bins), jnp.float32)
+    out['audio_times'] = spec((cfg.num_frames // cfg.tubelet_size + 1, 2), jnp.float32)
+  if labels:
+    names = ('verb', 'noun') if is_compositional(cfg.name) else ('label',)
+    out.update({name: spec((), jnp.int32) for name in names})
+  return out
 
 
 def check_config(cfg):

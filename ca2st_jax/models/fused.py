@@ -101,6 +101,8 @@ class CAST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -128,7 +130,7 @@ class CAST(nnx.Module):
         body, (self.spatial.embed(video), self.temporal.embed(video)),
         [self.layers.layer_params(), self.spatial.blocks.layer_params(),
          self.temporal.blocks.layer_params()],
-        self.drop_path.inputs(deterministic), remat=self.remat)
+        self.drop_path.inputs(deterministic), remat=self.remat, unroll=self.unroll)
     return self.spatial.pool(spatial), self.temporal.pool(temporal)
 
   def pre_head(self, spatial, temporal):
@@ -190,6 +192,8 @@ class CAVA(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'cava_compositional'
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
@@ -225,7 +229,7 @@ class CAVA(nnx.Module):
         body, (self.audio.embed(audio), self.spatial.embed(video)),
         [self.layers.layer_params(), self.audio.blocks.layer_params(),
          self.spatial.blocks.layer_params()],
-        self.drop_path.inputs(deterministic), remat=self.remat)
+        self.drop_path.inputs(deterministic), remat=self.remat, unroll=self.unroll)
     return self.audio.pool(audio_tokens), self.spatial.pool(spatial)
 
   def pre_head(self, audio_feature, spatial):
@@ -325,6 +329,8 @@ class CA2ST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
+    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
+    self.unroll = bool(cfg.get('unroll_layers', False))
     self.compositional = cfg.name == 'ca2st_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -379,7 +385,8 @@ class CA2ST(nnx.Module):
       experts = [expert.blocks.layer_params(first, stop)
                  for expert in (self.spatial, self.temporal, self.audio)]
       tokens = layers.run_stacks(body, tokens, [group.layer_params(), *experts],
-                                 select(drop_path_inputs, first, stop), remat=self.remat)
+                                 select(drop_path_inputs, first, stop), remat=self.remat,
+                                 unroll=self.unroll)
     spatial, temporal, audio_tokens = tokens
     return self.spatial.pool(spatial), self.temporal.pool(temporal), self.audio.pool(audio_tokens)
 

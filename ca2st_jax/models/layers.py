@@ -5,6 +5,7 @@ experts may then be stored in the compute dtype (`models.build`). LayerNorm stat
 reduced in float32 whatever the compute dtype, as the reference's fp16-safe LayerNorm does.
 """
 import functools
+import itertools
 import warnings
 
 import jax
@@ -16,10 +17,14 @@ TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 ZEROS = nnx.initializers.zeros
 
 
+# The activations are recomputed in the backward pass from their input: autodiff would keep
+# several float32 tensors of the hidden width where the input (in the compute dtype) is enough.
+@jax.checkpoint
 def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
+@jax.checkpoint
 def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
@@ -31,9 +36,20 @@ def dense(in_dim, out_dim, *, dtype, rngs, use_bias=True, zero=False):
       kernel_init=ZEROS if zero else TRUNC_NORMAL, bias_init=ZEROS, rngs=rngs)
 
 
+class LayerNorm(nnx.LayerNorm):
+  """nnx.LayerNorm whose backward pass recomputes its statistics from the input: autodiff would
+  keep x - mean, its square and the normalised output, three float32 tensors of the input's size,
+  where the input (in the compute dtype) is all the backward needs."""
+
+  def __call__(self, x):
+    graphdef, state = nnx.split(self)
+    normalize = lambda state, x: nnx.LayerNorm.__call__(nnx.merge(graphdef, state), x)
+    return jax.checkpoint(normalize)(state, x)
+
+
 def layer_norm(dim, *, eps, dtype, rngs):
-  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
-                       use_fast_variance=False, rngs=rngs)
+  return LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                   use_fast_variance=False, rngs=rngs)
 
 
 class DropPath:
@@ -58,7 +74,9 @@ class DropPath:
     shape[sample_axis] = x.shape[sample_axis]
     keep_prob = 1.0 - self.rate
     keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.calls), keep_prob, shape)
-    return jnp.where(keep, x.astype(jnp.float32) / keep_prob, 0).astype(x.dtype)
+    # A multiply by the per-sample 0/1 mask (not a select): the backward keeps that mask, not a
+    # full-size one.
+    return (x.astype(jnp.float32) / keep_prob * keep.astype(jnp.float32)).astype(x.dtype)
 
 
 NO_DROP_PATH = DropPath(None, None)
@@ -90,9 +108,8 @@ class Mlp(nnx.Module):
 
 ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash')
 # The TPU flash kernel works on blocks of 128 positions; shorter key sequences (CAST's 8-slot
-# windows) would be mostly padding, so they stay on XLA's path. cuDNN's kernels refuse odd
-# sequence lengths in training (jax 0.11.2 on an H200: 'Unsupported sequence length Q 197, KV
-# 197'), so CLIP's 197 tokens stay on XLA's path too.
+# windows) would be mostly padding, so they stay on XLA's path. cuDNN's kernels take even
+# sequence lengths only: CLIP's 197 tokens are padded to 198 and masked (_even_length_attention).
 TPU_FLASH_BLOCK = 128
 
 
@@ -100,7 +117,8 @@ TPU_FLASH_BLOCK = 128
 def resolve_attention(requested: str, dtype, platform: str | None = None) -> str:
   """config.model.attention -> the kernel every attention of the model uses.
 
-  'auto': cuDNN flash attention on NVIDIA GPUs in bfloat16/float16, the Pallas flash kernel on
+  'auto': cuDNN flash attention on NVIDIA GPUs in bfloat16/float16 (odd lengths padded to even
+  and masked), the Pallas flash kernel on
   TPU, XLA's dot-product attention elsewhere (CPU, or float32 on a GPU: cuDNN's fused kernels
   take half precision only). `platform` defaults to the default backend; the ahead-of-time tool
   names its target's.
@@ -165,14 +183,42 @@ def _per_batch_shard(kernel):
                        check_vma=False)
 
 
+# Numbers each traced attention call: its named scope tells tools.roofline which kernels of the
+# compiled program belong to which attention, and its shape.
+_ATTENTION_CALLS = itertools.count()
+
+
 def attention(q, k, v, implementation: str):
   """softmax(q k^T / sqrt(D)) v for [B, T, H, D] queries and [B, S, H, D] keys/values with the
   kernel `resolve_attention` chose. Logits and softmax are float32 in every kernel."""
+  batch, q_len, heads, head_dim = q.shape
+  scope = (f'attention{next(_ATTENTION_CALLS)}_bh{batch * heads}_q{q_len}_k{k.shape[1]}_'
+           f'd{head_dim}')
+  with jax.named_scope(scope):
+    return _attention(q, k, v, implementation)
+
+
+def _attention(q, k, v, implementation: str):
   if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
     return _per_batch_shard(_tpu_flash_attention)(q, k, v)
-  if implementation == 'cudnn' and q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0:
-    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  if implementation == 'cudnn':
+    return _even_length_attention(q, k, v, 'cudnn')
   return _xla_attention(q, k, v)
+
+
+def _even_length_attention(q, k, v, implementation: str):
+  """jax.nn.dot_product_attention on sequences padded to even lengths: cuDNN's kernels refuse odd
+  ones in training (jax 0.11.2 on an H200: 'Unsupported sequence length Q 197, KV 197'). The
+  padded key is masked out (key_value_seq_lengths) and the padded query's row dropped, so the
+  result is the unpadded attention's."""
+  q_len, k_len = q.shape[1], k.shape[1]
+  if q_len % 2 == 0 and k_len % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  lengths = jnp.full((q.shape[0],), k_len, jnp.int32)
+  out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :q_len]
 
 
 @jax.checkpoint
@@ -305,14 +351,17 @@ class Stack(nnx.Module):
     return (self[i] for i in range(self.num_layers))
 
 
-def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none'):
+def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none', unroll: bool = False):
   """Runs layer i of every stack together, for every i, as one scanned layer:
 
       carry = body(*(layer i of each stack), carry, inputs[i])
 
   stacks: `Stack.layer_params(...)` of each stack, all of one length; inputs: per-layer arrays
   (leading axis = layers) or None. With remat 'full' / 'dots' each layer is rematerialised
-  (its activations recomputed in the backward pass, REMAT_POLICIES).
+  (its activations recomputed in the backward pass, REMAT_POLICIES). unroll: trace every layer
+  (a Python loop) instead of a jax.lax.scan: what the backward pass needs then stays in the
+  buffers the forward wrote, where a scan stacks it (zero-filled stacks, a copy into them and a
+  slice out of them per layer); the compile takes several times longer.
   """
   graphdefs = [graphdef for graphdef, _ in stacks]
 
@@ -323,5 +372,10 @@ def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none'):
 
   if remat != 'none':
     step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
-  carry, _ = jax.lax.scan(step, carry, ([params for _, params in stacks], inputs))
+  xs = ([params for _, params in stacks], inputs)
+  if unroll:
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+      carry, _ = step(carry, jax.tree.map(lambda x, i=i: x[i], xs))
+    return carry
+  carry, _ = jax.lax.scan(step, carry, xs)
   return carry

@@ -4,6 +4,8 @@ r"""Does a config's training step fit a Cloud TPU slice? Compiled ahead of time,
   python -m ca2st_jax.tools.aot --config=configs/cast_k400.py --topology=v5p-8 --per_device_batch=8
   python -m ca2st_jax.tools.aot --config=configs/ca2st_vggsound.py --topology=v5e-256 --find_max_batch
   python -m ca2st_jax.tools.aot --config=configs/cast_k400.py:tiny --topology=v5e-4 --json
+  python -m ca2st_jax.tools.aot --config=configs/cast_k400.py --topology=h100-1 \
+      --per_device_batch=8 --roofline --json     # + jax-cuda12-plugin/-pjrt for GPU targets
 
 The trainer's own jitted train and eval steps (`trainer.build_setup`, with its mesh, shardings and
 donation) are lowered on abstract arguments and compiled by libtpu for the compile-only devices of
@@ -14,13 +16,20 @@ compile time. Exits 1 when the step does not fit.
 
 FLOPs are 2 x the multiply-accumulates of every matrix product and convolution in the traced step
 (forward, backward and optimiser; a scan's body counted `length` times, a cond's costliest
-branch). XLA's own cost analysis counts a loop body once and gives nothing for an uncompiled
-module on this target, so it is shown only as a second opinion. The check beside it is the
-model's forward MACs per clip (`tools.summary`) x 2 x 2.3 (frozen experts pass gradients to their
-inputs but compute none for their weights) x the batch.
+branch, a Pallas kernel's body once per grid point: the flash attention as it computes, with its
+padding and the backward's recomputation). XLA's own cost analysis counts a loop body once and
+gives nothing for an uncompiled module on this target, so it is shown only as a second opinion.
+The check beside it is the model's FLOPs (`tools.summary`: every product of the forward and of
+its backward over the trainable set once) x the batch.
+
+--roofline adds `tools.roofline` of both compiled programs on one chip of the target: bytes per
+clip, kernels per step, the predicted time, the MFU against the model's FLOPs, and the table by
+group (json: train_bytes_per_clip, train_kernels, train_roofline_ms, train_roofline_mfu,
+eval_bytes_per_clip, eval_kernels, eval_roofline_ms, the groups, and which attentions were costed
+as fused kernels).
 
 Topologies are named as Cloud TPU does: v4-N and v5p-N count TensorCores (a chip, one JAX device,
-has two), v5e-N (or v5litepod-N) and v6e-N count chips.
+has two), v5e-N (or v5litepod-N) and v6e-N count chips; h100-N and h200-N are N GPUs of a host.
 """
 from __future__ import annotations
 
@@ -41,13 +50,9 @@ for _name, _value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 GIB = 2 ** 30
-# Frozen experts: backward through the activations (1x forward), no weight gradients; the small
-# trainable set adds ~0.3x. Used only as the cross-check of the counted FLOPs.
-TRAIN_FLOPS_PER_FORWARD = 2.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +77,10 @@ FAMILIES = {
 ALIASES = {"v5litepod": "v5e"}
 
 # An H100 SXM 80GB as XLA's GPU compiler sees it (GpuTargetConfigProto; no GPU needed to compile).
+# An H200 is the same chip with 141 GB of HBM3e at 4.8 TB/s.
 H100_MEMORY_BYTES = 84_929_347_584
-H100_TARGET_CONFIG = f"""
+H200_MEMORY_BYTES = 150_754_820_096
+GPU_TARGET_CONFIG = """
 gpu_device_info {{
   cuda_compute_capability {{ major: 9 minor: 0 }}
   core_count: 132  fpus_per_core: 128  clock_rate_ghz: 1.98
@@ -82,14 +89,21 @@ gpu_device_info {{
   shared_memory_per_core: 233472  registers_per_core_limit: 65536
   registers_per_block_limit: 65536
   block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
-  device_memory_size: {H100_MEMORY_BYTES}  memory_bandwidth: 3352320000000
-  l2_cache_size: 52428800
+  device_memory_size: {memory}  memory_bandwidth: {bandwidth}
+  l2_cache_size: {l2}
 }}
 platform_name: "CUDA"
 runtime_version {{ major: 12 minor: 8 }}
 dnn_version_info {{ major: 9 minor: 7 }}
-device_description_str: "NVIDIA H100 80GB HBM3"
+device_description_str: "{description}"
 """
+GPUS = {
+    "h100": dict(memory=H100_MEMORY_BYTES, bandwidth=3_352_320_000_000, l2=52_428_800,
+                 description="NVIDIA H100 80GB HBM3"),
+    "h200": dict(memory=H200_MEMORY_BYTES, bandwidth=4_800_000_000_000, l2=52_428_800,
+                 description="NVIDIA H200"),
+}
+
 # launch/gpu.sh lets XLA's allocator take this share of the GPU's memory.
 GPU_MEMORY_FRACTION = 0.9
 # Without a GPU there is no autotuning, and XLA finds no Triton GEMM tiling for some products
@@ -103,6 +117,7 @@ class Topology:
   family: Family | None     # None: H100 GPUs
   shape: tuple              # TPU: chips per dimension; GPU: (GPUs per host,)
   num_slices: int           # TPU: slices joined over the data-center network; GPU: hosts
+  gpu: str = ""             # 'h100' / 'h200' for GPU topologies
 
   @property
   def chips(self) -> int:
@@ -115,13 +130,14 @@ class Topology:
   @property
   def hbm_bytes(self) -> int:
     if self.family is None:
-      return int(H100_MEMORY_BYTES * GPU_MEMORY_FRACTION)
+      return int(GPUS[self.gpu]["memory"] * GPU_MEMORY_FRACTION)
     return self.family.hbm_gib * GIB
 
   def describe(self) -> dict:
     """The arguments of get_topology_desc for this slice (host and wrap-around layout)."""
     if self.family is None:
-      return dict(topology_name=self.name, platform="cuda", target_config=H100_TARGET_CONFIG,
+      return dict(topology_name=self.name, platform="cuda",
+                  target_config=GPU_TARGET_CONFIG.format(**GPUS[self.gpu]),
                   topology=f"1x{self.num_slices}x{self.chips}")
     if self.chips == 1:
       per_host = (1, 1, 1)
@@ -143,15 +159,15 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
   on each of `num_slices` hosts."""
   if num_slices < 1:
     raise ValueError(f"--num_slices={num_slices}: must be at least 1")
-  gpu = re.fullmatch(r"h100-(\d+)", name)
+  gpu = re.fullmatch(r"(h100|h200)-(\d+)", name)
   if gpu:
-    if not 1 <= int(gpu[1]) <= 8:
-      raise ValueError(f"--topology={name!r}: a host has 1 to 8 H100s (more hosts: --num_slices)")
-    return Topology(name, None, (int(gpu[1]),), num_slices)
+    if not 1 <= int(gpu[2]) <= 8:
+      raise ValueError(f"--topology={name!r}: a host has 1 to 8 GPUs (more hosts: --num_slices)")
+    return Topology(name, None, (int(gpu[2]),), num_slices, gpu=gpu[1])
   match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name)
   if not match:
-    raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N (v5litepod-N), v6e-N "
-                     "or h100-N")
+    raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N (v5litepod-N), v6e-N, "
+                     "h100-N or h200-N")
   family = FAMILIES[ALIASES.get(match[1], match[1])]
   cores = int(match[2])
   chips = cores // family.cores_per_chip
@@ -180,19 +196,11 @@ def count_flops(jaxpr) -> int:
 # The check
 # --------------------------------------------------------------------------------------------------
 def abstract_batch(config, global_batch: int, sharding, *, train: bool) -> dict:
-  """The batch the input pipeline hands the step (ca2st_jax.data.pipeline's layout)."""
+  """The batch the input pipeline hands the step (models.batch_spec), sharded."""
   from ca2st_jax import models  # pylint: disable=g-import-not-at-top
-  m = config.model
-  size = int(config.data.get("crop_size", 0) or m.image_size)
-  spec = lambda shape, dtype: jax.ShapeDtypeStruct((global_batch, *shape), dtype, sharding=sharding)
-  batch = {"video": spec((m.num_frames, size, size, 3), jnp.uint8)}
-  if models.family(m.name) in ("cava", "ca2st"):
-    batch["audio"] = spec((m.spectrogram_length, m.num_mel_bins), jnp.float32)
-    batch["audio_times"] = spec((m.num_frames // m.tubelet_size + 1, 2), jnp.float32)
-  if train:
-    labels = ("verb", "noun") if models.is_compositional(m.name) else ("label",)
-    batch.update({k: spec((), jnp.int32) for k in labels})
-  return batch
+  spec = models.batch_spec(config.model, global_batch, labels=train,
+                           image_size=int(config.data.get("crop_size", 0) or 0) or None)
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in spec.items()}
 
 
 def _with_shardings(tree, shardings):
@@ -214,8 +222,9 @@ def _to_bytes(number, unit):
   return float(number) * 1024 ** "BKMGT".index(unit)
 
 
-def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
-  """Lower + compile; memory per device from XLA, or from libtpu's out-of-memory error."""
+def compile_step(jitted, args, hbm_bytes: int, compiler_options=None, with_hlo=False) -> dict:
+  """Lower + compile; memory per device from XLA, or from libtpu's out-of-memory error; with_hlo:
+  the optimised program's text under 'hlo'."""
   start = time.perf_counter()
   lowered = jitted.lower(*args)
   arg_bytes = _per_device_bytes(args)
@@ -248,7 +257,7 @@ def compile_step(jitted, args, hbm_bytes: int, compiler_options=None) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"compile_s": compile_s, **sizes, "peak_bytes": peak,
-          "xla_flops": (cost or {}).get("flops")}
+          "xla_flops": (cost or {}).get("flops"), **({"hlo": compiled.as_text()} if with_hlo else {})}
 
 
 def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
@@ -280,7 +289,7 @@ def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
 
 
 def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool = True,
-          count: bool = True) -> dict:
+          count: bool = True, with_roofline: bool = False) -> dict:
   """Compiles the train (and eval) step for `topology`; returns the figures (see --json)."""
   from ca2st_jax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
@@ -296,7 +305,8 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   rest = _with_shardings(setup.abstract_rest, setup.rest_shardings)
   train_batch = abstract_batch(config, setup.global_batch, batch_sh, train=True)
   train = compile_step(setup.train_step, (state, frozen, rest, train_batch), topology.hbm_bytes,
-                       topology.compiler_options)
+                       topology.compiler_options, with_hlo=with_roofline)
+  train_hlo = train.pop("hlo", None)
   result = {
       "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
       "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
@@ -316,7 +326,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   if with_eval:
     eval_batch = abstract_batch(config, micro_batch, batch_sh, train=False)
     evaluation = compile_step(setup.eval_step, (state, frozen, rest, eval_batch), topology.hbm_bytes,
-                              topology.compiler_options)
+                              topology.compiler_options, with_hlo=with_roofline)
     result["eval_peak_bytes_per_device"] = evaluation["peak_bytes"]
     result["eval_compile_s"] = evaluation["compile_s"]
     if count:
@@ -324,19 +334,53 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
       result["eval_flops_per_device"] = eval_flops / n
     if evaluation["peak_bytes"] is None or evaluation["peak_bytes"] > result["hbm_bytes_per_device"]:
       result["fits"] = False
+  if with_roofline and train_hlo is not None:
+    result.update(roofline_figures(config, topology, train_hlo, evaluation.get("hlo") if with_eval
+                                   else None, clips=setup.global_batch / n,
+                                   eval_clips=per_device_batch))
   result["verdict"] = verdict(result)
   return result
 
 
-def _model_check(config, global_batch: int, num_devices: int) -> dict:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from ca2st_jax import models  # pylint: disable=g-import-not-at-top
+def roofline_figures(config, topology: Topology, train_hlo: str, eval_hlo: str | None, *,
+                     clips: float, eval_clips: float) -> dict:
+  """tools.roofline of the compiled steps on one chip; MFU from the model's FLOPs (tools.summary)."""
+  from ca2st_jax.tools import roofline  # pylint: disable=g-import-not-at-top
   from ca2st_jax.tools import summary  # pylint: disable=g-import-not-at-top
-  abstract = nnx.eval_shape(lambda: models.build(config.model, rngs=nnx.Rngs(0)))
-  macs = summary.forward_macs(config.model, abstract)
-  return {"forward_macs_per_clip": macs,
+  model = summary.summarize(config.model)  # the model's FLOPs, for the MFU
+  train = roofline.roofline(train_hlo, topology.name, train=True,
+                            model_flops=model["train_tflops_per_clip"] * 1e12 * clips)
+  out = {"model_train_tflops_per_clip": model["train_tflops_per_clip"],
+         "train_bytes_per_clip": train["bytes"] / clips, "train_kernels": train["kernels"],
+         "train_roofline_ms": train["seconds"] * 1e3, "train_roofline_mfu": train["mfu"],
+         "roofline_efficiency": train["efficiency"], "roofline_chip": train["chip"],
+         "fused_attention": train["fused_attention"], "xla_attention": train["xla_attention"],
+         "train_roofline_groups": _per_clip(train["groups"], clips),
+         "roofline_table": roofline.format_table(train, clips, "train step ")}
+  if eval_hlo is not None:
+    evaluation = roofline.roofline(eval_hlo, topology.name, train=False,
+                                   model_flops=model["tflops_per_clip"] * 1e12 * eval_clips)
+    out.update({"eval_bytes_per_clip": evaluation["bytes"] / eval_clips,
+                "eval_kernels": evaluation["kernels"], "eval_roofline_ms": evaluation["seconds"] * 1e3,
+                "eval_roofline_mfu": evaluation["mfu"],
+                "eval_roofline_groups": _per_clip(evaluation["groups"], eval_clips)})
+    out["roofline_table"] += "\n" + roofline.format_table(evaluation, eval_clips, "eval step ")
+  return out
+
+
+def _per_clip(groups: dict, clips: float) -> dict:
+  return {g: {"kernels": v["kernels"], "gb_per_clip": v["bytes"] / clips / 1e9,
+              "tflop": v["flops"] / 1e12, "ms": v["seconds"] * 1e3} for g, v in groups.items()}
+
+
+def _model_check(config, global_batch: int, num_devices: int) -> dict:
+  """The model's FLOPs (tools.summary: every product once, attention included, no recomputation)."""
+  from ca2st_jax.tools import summary  # pylint: disable=g-import-not-at-top
+  model = summary.summarize(config.model)
+  return {"forward_macs_per_clip": model["gmacs_per_view"] * 1e9,
+          "model_train_tflops_per_clip": model["train_tflops_per_clip"],
           "model_flops_per_step_per_device":
-              TRAIN_FLOPS_PER_FORWARD * 2 * macs * global_batch / num_devices}
+              model["train_tflops_per_clip"] * 1e12 * global_batch / num_devices}
 
 
 def verdict(result: dict) -> str:
@@ -417,7 +461,7 @@ def print_report(r: dict):
     xla = r.get("xla_flops")
     print(f"FLOPs per step per device: {r['flops_per_step_per_device']:.4g} counted; "
           f"{r['model_flops_per_step_per_device']:.4g} from the model "
-          f"({TRAIN_FLOPS_PER_FORWARD} x 2 x {r['forward_macs_per_clip'] / 1e9:.4g} GMACs x batch; "
+          f"({r['model_train_tflops_per_clip']:.4g} TFLOP per clip (tools.summary) x batch; "
           f"ratio {ratio:.3f}); XLA cost analysis {'-' if xla is None else f'{xla:.4g}'} "
           "(loop bodies once)")
   print(f"compile: train {r['compile_s']:.1f} s" +
@@ -425,9 +469,12 @@ def print_report(r: dict):
          if "eval_compile_s" in r else ""))
   if "max_per_device_batch" in r:
     print(f"largest per-device batch that fits: {r['max_per_device_batch']}")
+  if "roofline_table" in r:
+    print(r["roofline_table"])
 
 
-def main(config, topology_name, per_device_batch, num_slices, search, as_json) -> int:
+def main(config, topology_name, per_device_batch, num_slices, search, as_json,
+         with_roofline=False) -> int:
   topology = parse_topology(topology_name, num_slices)
   n = topology.chips * num_slices
   max_batch, tried = (find_max_batch(config, topology, start=per_device_batch or 1) if search
@@ -440,7 +487,7 @@ def main(config, topology_name, per_device_batch, num_slices, search, as_json) -
       raise ValueError(f"config.train.batch_size / accum_steps = {micro} does not split over {n} "
                        "devices; give --per_device_batch")
     per_device_batch = micro // n
-  result = check(config, topology, per_device_batch)
+  result = check(config, topology, per_device_batch, with_roofline=with_roofline)
   if search:
     result["max_per_device_batch"] = max_batch
     result["max_batch_search"] = [dict(per_device_batch=b, fits=f, peak_bytes_per_device=p,
@@ -464,13 +511,15 @@ if __name__ == "__main__":
   _SEARCH = flags.DEFINE_bool("find_max_batch", False, "Also search the largest per-device batch "
                               "(starting from --per_device_batch when given).")
   _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+  _ROOFLINE = flags.DEFINE_bool("roofline", False, "Also predict the steps' time on the target "
+                                "from their optimised programs (tools.roofline).")
   flags.mark_flags_as_required(["config", "topology"])
 
   def _run(argv):
     del argv
     try:
       sys.exit(main(_CONFIG.value, _TOPOLOGY.value, _BATCH.value, _SLICES.value, _SEARCH.value,
-                    _JSON.value))
+                    _JSON.value, _ROOFLINE.value))
     except ValueError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)

@@ -26,22 +26,19 @@ Nothing here imports the data stack (Grain, TFDS, PyAV, ...): it runs where only
 """
 from __future__ import annotations
 
-import collections
 import importlib.metadata
 import json
-import math
-import re
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
 from flax import nnx
 
 from ca2st_jax import models
+from ca2st_jax.tools import roofline
 from ca2st_jax.tools import summary
 
 # Dense bf16 peak TFLOP/s per chip, matched against jax's device_kind / torch's device name.
@@ -50,7 +47,6 @@ PEAK_BF16_TFLOPS = (
     ('TPU v4', 275.0), ('TPU v5 lite', 197.0), ('TPU v5e', 197.0), ('TPU v5p', 459.0),
     ('TPU v5', 459.0), ('TPU v6 lite', 918.0), ('TPU v6e', 918.0),
 )
-AUDIO_MODELS = ('cava', 'ca2st')
 
 
 def peak_tflops(device_kind: str):
@@ -62,23 +58,24 @@ def peak_tflops(device_kind: str):
 
 
 def synthetic_batch(model_cfg, batch: int, seed: int = 0) -> dict:
-  """A host batch of the shapes and dtypes the input pipeline yields (ca2st_jax.data.pipeline, "Batch layout")."""
+  """A host batch of models.batch_spec's layout: random pixels, log-mels and labels; audio_times
+  as a 10-second crop split evenly into the video's slots."""
   rng = np.random.default_rng(seed)
-  size, frames = model_cfg.image_size, model_cfg.num_frames
-  out = {'video': rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)}
-  if models.family(model_cfg.name) in AUDIO_MODELS:
-    out['audio'] = rng.standard_normal(
-        (batch, model_cfg.spectrogram_length, model_cfg.num_mel_bins)).astype(np.float32)
-    # Row 0: the audio crop [start, end] in seconds; rows 1..: the video's time slots inside it.
-    slots = frames // model_cfg.tubelet_size
-    edges = np.linspace(0.0, 10.0, slots + 1, dtype=np.float32)
-    times = np.concatenate([[[0.0, 10.0]], np.stack([edges[:-1], edges[1:]], -1)]).astype(np.float32)
-    out['audio_times'] = np.broadcast_to(times, (batch, slots + 1, 2)).copy()
-  if models.is_compositional(model_cfg.name):
-    out['verb'] = rng.integers(0, model_cfg.num_verbs, batch, dtype=np.int32)
-    out['noun'] = rng.integers(0, model_cfg.num_nouns, batch, dtype=np.int32)
-  else:
-    out['label'] = rng.integers(0, model_cfg.num_classes, batch, dtype=np.int32)
+  out = {}
+  for name, spec in models.batch_spec(model_cfg, batch, labels=True).items():
+    if name == 'video':
+      out[name] = rng.integers(0, 256, spec.shape, dtype=np.uint8)
+    elif name == 'audio':
+      out[name] = rng.standard_normal(spec.shape).astype(np.float32)
+    elif name == 'audio_times':
+      slots = spec.shape[1] - 1
+      edges = np.linspace(0.0, 10.0, slots + 1, dtype=np.float32)
+      times = np.concatenate([[[0.0, 10.0]], np.stack([edges[:-1], edges[1:]], -1)])
+      out[name] = np.broadcast_to(times.astype(np.float32), spec.shape).copy()
+    else:
+      classes = {'verb': model_cfg.get('num_verbs'), 'noun': model_cfg.get('num_nouns'),
+                 'label': model_cfg.get('num_classes')}[name]
+      out[name] = rng.integers(0, classes, spec.shape, dtype=np.int32)
   return out
 
 
@@ -121,215 +118,6 @@ def _cost(compiled) -> dict:
   if not cost:
     return {}
   return {'flops': float(cost.get('flops', 0.0)), 'bytes_accessed': float(cost.get('bytes accessed', 0.0))}
-
-
-_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16,
-                'f8e4m3fn': 1, 'f8e5m2': 1, 's4': 1, 'u4': 1}
-_SHAPE = re.compile(r'\b(' + '|'.join(_DTYPE_BYTES) + r')\[([0-9,]*)\]')
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$')
-_NOT_ACCESSES = ('parameter', 'tuple', 'get-tuple-element', 'bitcast', 'constant',
-                 'after-all', 'partition-id', 'replica-id', 'opt-barrier')
-
-
-def _shape_bytes(text: str) -> int:
-  total = 0
-  for dtype, dims in _SHAPE.findall(text):
-    total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(',') if d)
-  return total
-
-
-def _computations(hlo: str) -> tuple[dict, str]:
-  """{computation name: [instruction lines]} and the entry computation's name."""
-  comps, entry, current = {}, None, None
-  for line in hlo.splitlines():
-    header = re.match(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$', line)
-    if header and not line.startswith(' '):
-      current = header.group(2)
-      comps[current] = []
-      if header.group(1):
-        entry = current
-    elif line.startswith('}'):
-      current = None
-    elif current is not None and '=' in line:
-      comps[current].append(line)
-  return comps, entry
-
-
-def _elements(type_text: str) -> int:
-  """Elements of the largest array in a type string."""
-  return max((math.prod(int(d) for d in dims.split(',') if d) for _, dims in _SHAPE.findall(type_text)),
-             default=0)
-
-
-def _parse(hlo: str):
-  """Per computation: [(name, result type, op, rest of line)], {name: result type} and the root's
-  name."""
-  comps, entry = _computations(hlo)
-  parsed, types, roots = {}, {}, {}
-  for comp, lines in comps.items():
-    parsed[comp], types[comp] = [], {}
-    for line in lines:
-      m = _INSTRUCTION.match(line)
-      if m:
-        parsed[comp].append(m.groups())
-        types[comp][m.group(1)] = m.group(2)
-        if line.lstrip().startswith('ROOT '):
-          roots[comp] = m.group(1)
-  return parsed, types, roots, entry
-
-
-def _operand_types(rest: str, types: dict) -> list[str]:
-  operands = _operand_text(rest)
-  names = re.findall(r'%([\w.\-]+)', operands)
-  if not names:  # operands printed with their types
-    return [operands]
-  return [types.get(n, '') for n in names]
-
-
-def _is_batched_dot(op: str, rest: str) -> bool:
-  """A dot with batch dimensions: an HLO dot, or a GPU gemm custom-call (cuBLAS / cuBLASLt)."""
-  if op == 'dot':
-    return bool(re.search(r'lhs_batch_dims=\{[0-9,]+\}', rest))
-  return op == 'custom-call' and bool(re.search(r'"lhs_batch_dimensions":\["\d', rest))
-
-
-def _score_sizes(parsed, types) -> set:
-  """Element counts of attention's N x N tensors: the largest array of each batched dot (q.k^T
-  makes one, p.v reads one, and their gradients do the same), as long as tokens > head size."""
-  sizes = set()
-  for comp, instructions in parsed.items():
-    for _, result_type, op, rest in instructions:
-      if _is_batched_dot(op, rest):
-        sizes.add(max(_elements(t) for t in [result_type, *_operand_types(rest, types[comp])]))
-  return sizes
-
-
-def _op_kind(op, result_type, rest, operand_types, parsed, score_sizes) -> str:
-  """The kind of work an instruction of the optimised program does (for --bytes_by_op)."""
-  called = re.findall(r'(?:calls|to_apply)=%?([\w.\-]+)', rest)
-  body_ops = {i[2] for name in called for i in parsed.get(name, [])}
-  ops = body_ops | {op}
-  if op == 'custom-call':
-    target = re.search(r'custom_call_target="([^"]+)"', rest)
-    target = (target.group(1) if target else '').lower()
-    if any(k in target for k in ('fmha', 'flash', 'attention', 'mha')):
-      return 'fused attention kernel'
-    if not any(k in target for k in ('gemm', 'matmul', 'dot', 'conv', 'cublas')):
-      return f'custom-call {target}'
-    ops.add('dot')
-  largest = max((_elements(t) for t in [result_type, *operand_types]), default=0)
-  on_scores = largest in score_sizes
-  if ops & {'dot', 'convolution'}:
-    return 'attention matmul (q.k, p.v)' if on_scores else 'matmul / conv'
-  if on_scores:
-    return 'attention scores (softmax etc.)'
-  if 'rsqrt' in ops:
-    return 'layernorm'
-  if ops & {'all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute',
-            'all-reduce-start', 'all-gather-start'}:
-    return 'collective'
-  if 'reduce' in ops:
-    return 'other reduction'
-  if ops <= {'copy', 'transpose', 'parameter', 'bitcast', 'reshape', 'fusion'}:
-    return 'copy / transpose'
-  if ops & {'dynamic-slice', 'dynamic-update-slice', 'slice', 'concatenate', 'pad', 'gather',
-            'scatter'} and not ops & {'add', 'multiply', 'subtract', 'divide', 'exponential'}:
-    return 'slice / concat / gather'
-  return 'elementwise'
-
-
-def _operand_text(rest: str) -> str:
-  """The operand list of an instruction: `rest` up to the parenthesis closing `op(`."""
-  depth = 1
-  for i, ch in enumerate(rest):
-    depth += {'(': 1, ')': -1}.get(ch, 0)
-    if depth == 0:
-      return rest[:i]
-  return rest
-
-
-def _operand_names(rest: str) -> list[str]:
-  return re.findall(r'%([\w.\-]+)', _operand_text(rest))
-
-
-def _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots) -> int:
-  """Bytes an instruction reads and writes: its operands and result, except where XLA updates a
-  buffer in place or reads a slice of it (a scan's per-layer weights and saved activations): a
-  dynamic-slice reads its result's size, a dynamic-update-slice writes its update's size and does
-  not read the buffer it updates, inside a fusion too. (XLA's cost analysis counts the same.)"""
-  if op == 'dynamic-slice':
-    return 2 * _shape_bytes(result_type)
-  if op == 'dynamic-update-slice' and len(operand_types) > 1:
-    return 2 * _shape_bytes(operand_types[1])
-  fused = re.search(r'calls=%?([\w.\-]+)', rest) if op == 'fusion' else None
-  if not fused or fused.group(1) not in parsed:
-    return _shape_bytes(result_type) + sum(_shape_bytes(t) for t in operand_types)
-  body = parsed[fused.group(1)]
-  body_types = types[fused.group(1)]
-  uses = collections.defaultdict(list)  # name -> [(user's op, operand position, user's type)]
-  params = {}
-  for name, type_text, body_op, body_rest in body:
-    if body_op == 'parameter':
-      params[int(re.match(r'\s*(\d+)', body_rest).group(1))] = name
-    for position, operand in enumerate(_operand_names(body_rest)):
-      uses[operand].append((body_op, position, type_text))
-
-  def written(name) -> int:
-    """Bytes the fusion writes for its output `name`: an in-place dynamic-update-slice writes its
-    update."""
-    instruction = next((i for i in body if i[0] == name), None)
-    if instruction is None:
-      return 0
-    _, type_text, body_op, body_rest = instruction
-    operands = _operand_names(body_rest)
-    if body_op in ('tuple', 'bitcast'):
-      return sum(written(o) for o in operands)
-    if (body_op == 'dynamic-update-slice' and len(operands) > 1 and
-        operands[0] in params.values()):  # updates the buffer it was given, in place
-      return _shape_bytes(body_types.get(operands[1], ''))
-    return _shape_bytes(type_text)
-
-  read = 0
-  for position, type_text in enumerate(operand_types):
-    users = uses.get(params.get(position), [])
-    if users and all(u[0] == 'dynamic-slice' and u[1] == 0 for u in users):
-      read += sum(_shape_bytes(u[2]) for u in users)
-    elif not (users and all(u[0] == 'dynamic-update-slice' and u[1] == 0 for u in users)):
-      read += _shape_bytes(type_text)
-  return read + written(roots.get(fused.group(1)))
-
-
-def bytes_by_op(hlo: str) -> dict:
-  """Bytes each kind of top-level instruction reads and writes in one run of the optimised program
-  (operand + result sizes, as XLA's cost analysis counts them; loop bodies x their trip count)."""
-  parsed, types, roots, entry = _parse(hlo)
-  score_sizes = _score_sizes(parsed, types)
-  totals = collections.Counter()
-
-  def walk(comp, times, depth=0):
-    if depth > 20:
-      return
-    for _, result_type, op, rest in parsed.get(comp, []):
-      if op == 'while':
-        body = re.search(r'body=%?([\w.\-]+)', rest)
-        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rest)
-        if body:
-          walk(body.group(1), times * (int(trips.group(1)) if trips else 1), depth + 1)
-        continue
-      if op in ('call', 'conditional', 'async-start'):
-        for callee in re.findall(r'(?:to_apply|calls|branch_computations=\{)%?([\w.\-]+)', rest):
-          walk(callee, times, depth + 1)
-        continue
-      if op in _NOT_ACCESSES:
-        continue
-      operand_types = _operand_types(rest, types[comp])
-      accessed = _accessed_bytes(op, result_type, rest, operand_types, parsed, types, roots)
-      kind = _op_kind(op, result_type, rest, operand_types, parsed, score_sizes)
-      totals[kind] += times * accessed
-
-  walk(entry, 1)
-  return dict(totals.most_common())
 
 
 def _time_compiled(run, steps: int, warmup: int) -> float:
@@ -380,7 +168,7 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
         'clips_per_s': batch / step_s, 'memory': _memory(compiled),
         'xla_flops_per_clip': cost.get('flops'), 'xla_bytes_per_clip': cost.get('bytes_accessed')}
     if with_bytes_by_op:
-      by_op = bytes_by_op(compiled.as_text())
+      by_op = roofline.bytes_by_group(compiled.as_text(), train=name == 'train_step')
       results[name]['bytes_by_op_per_clip'] = {k: v * len(devices) / batch for k, v in by_op.items()}
   stats = devices[0].memory_stats() or {}
   results['peak_bytes'] = stats.get('peak_bytes_in_use')
@@ -595,7 +383,7 @@ def format_bytes_by_op(row: dict) -> str:
       continue
     total = sum(by_op.values())
     lines.append(f"{row['config']} {row['backend']} {step}: bytes accessed per clip by op kind "
-                 f"(HLO operands + results: {total / 1e9:.2f} GB; XLA cost analysis: "
+                 f"(tools.roofline, loop bodies x trips: {total / 1e9:.2f} GB; XLA cost analysis: "
                  f"{(row[step].get('xla_bytes_per_clip') or 0) / 1e9:.2f} GB)")
     for kind, n in by_op.items():
       lines.append(f'  {kind:<34}{n / 1e9:10.4g} GB  {100 * n / total:5.1f}%')
@@ -672,7 +460,8 @@ if __name__ == '__main__':
   _DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'],
                              'config.model.dtype (and the PyTorch autocast).')
   _BYTES_BY_OP = flags.DEFINE_bool(
-      'bytes_by_op', False, 'Also group the bytes each compiled JAX step accesses by op kind.')
+      'bytes_by_op', False, 'Also group the bytes each compiled JAX step accesses by op kind '
+      '(tools.roofline).')
   _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per run instead of a table.')
   _REPORT = flags.DEFINE_string(
       'report', None, 'Only print the table and details of the JSON lines in this file.')

@@ -47,12 +47,10 @@ def parameter_counts(model):
 
 
 def abstract_inputs(cfg, batch=1):
-  slots = cfg.num_frames // cfg.tubelet_size
-  shape = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  return dict(
-      video=shape(batch, cfg.num_frames, cfg.image_size, cfg.image_size, 3),
-      audio=shape(batch, cfg.spectrogram_length, cfg.num_mel_bins),
-      audio_times=shape(batch, slots + 1, 2))
+  """The model's inputs for one batch (models.batch_spec; video as normalised float32 frames)."""
+  spec = models.batch_spec(cfg, batch)
+  video = spec.pop('video')
+  return dict(spec, video=jax.ShapeDtypeStruct(video.shape, jnp.float32))
 
 
 def _subjaxprs(eqn):
@@ -66,7 +64,8 @@ def _subjaxprs(eqn):
 
 def count_macs(jaxpr, *, skip_recompute: bool = False) -> int:
   """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included
-  (a scan's body counted once per iteration, a cond's costliest branch).
+  (a scan's body counted once per iteration, a cond's costliest branch, a Pallas kernel's body
+  once per grid point, a shard_map's body once per shard).
 
   skip_recompute: in the backward pass of a rematerialised region (XLA's attention recomputes its
   scores there), count only the products that carry the cotangent, not the recomputed forward:
@@ -107,6 +106,15 @@ def _count_macs(jaxpr, skip_recompute, cotangent) -> int:
       macs += max(sub, default=0)
     elif name == 'scan':
       macs += eqn.params['length'] * sum(sub)
+    elif name == 'shard_map':
+      # The body sees one shard: it runs once per device of its manual axes.
+      mesh = eqn.params['mesh']
+      macs += math.prod(mesh.shape[a] for a in eqn.params['newly_manual_axes']) * sum(sub)
+    elif name == 'pallas_call':
+      # A fused kernel (the TPU flash attention): its body runs once per grid point, so its
+      # products count as the kernel computes them (padding and the backward's recomputation
+      # of the scores included).
+      macs += math.prod(eqn.params['grid_mapping'].grid) * sum(sub)
     else:
       macs += sum(sub)
   return macs
