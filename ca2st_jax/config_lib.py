@@ -21,7 +21,7 @@ VARIANTS = ('', 'tiny')
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  """ViT-B/16 experts with the reference's defaults (SPEC §3–§7)."""
+  """ViT-B/16 experts with the reference's defaults."""
   model = ml_collections.ConfigDict(dict(
       name=name,
       width=768, depth=12, num_heads=12, mlp_dim=3072,
@@ -35,7 +35,9 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       attention='auto',         # 'auto' | 'xla' | 'cudnn' | 'tpu_flash' (models.layers.resolve_attention)
       store_frozen_in_compute_dtype=True,  # frozen expert weights in `dtype` (bf16), not fp32
       remat='none',             # 'none' | 'full' | 'dots': recompute each layer in the backward pass
-      # CAVA / CA²ST exchange switches (SPEC §6), reference defaults.
+      unroll_layers=False,      # trace the layers one by one instead of scanning one stacked layer:
+                                # less memory traffic per step (docs/benchmarks.md), slower compile
+      # CAVA / CA²ST exchange switches, reference defaults.
       audio_exchange_start=9,   # CA: first layer with the audio pairs (0 = all layers)
       exchange_method='seq',    # 'seq': S&T, then A&S, then A&T; 'add': their mean
       share_exchange_projections=True,  # bcast_share: A&S/A&T reuse S&T down/up projections
@@ -51,7 +53,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 # the training loop (at least one, at most pipeline.MAX_AUTO_WORKERS; pipeline.resolve_num_workers).
 AUTO_WORKERS = -1
 
-# Every config.data field and its default: the one place they are written (SPEC §9 for K400).
+# Every config.data field and its default: the one place they are written.
 # The pipeline reads them as they are (ca2st_jax.data.pipeline.clip_options and Source).
 DATA_DEFAULTS = dict(
     name='synthetic_av',      # a TFDS builder of ca2st_jax.data.builders, or the synthetic set
@@ -115,7 +117,7 @@ def paper_config(model: str, *, data: dict, spectrogram_length: int = 1024,
 
 def cast_recipe(config, *, batch_size: int, total_epochs: int, drop_path: float,
                 mixup_prob: float):
-  """The CAST training recipe (SPEC §9: the authors' scripts/{kinetics,ssv2,ek100}/*.sh), the
+  """The CAST training recipe (the authors' scripts/{kinetics,ssv2,ek100}/*.sh), the
   values that differ per data set as arguments. batch_size is the global batch of one optimiser
   step (accum_steps micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256."""
   return _recipe(config, batch_size=batch_size, total_epochs=total_epochs, drop_path=drop_path,
@@ -123,7 +125,7 @@ def cast_recipe(config, *, batch_size: int, total_epochs: int, drop_path: float,
 
 
 def audio_visual_recipe(config, *, with_map: bool = False):
-  """The CAVA / CA²ST training recipe of the audio-visual data sets (SPEC §9; the authors'
+  """The CAVA / CA²ST training recipe of the audio-visual data sets (the authors'
   notebook: 6 GPUs x 2). batch_size is the global batch of one optimiser step (accum_steps
   micro-batches); lr, min_lr and warmup_lr are scaled by batch_size / 256. with_map: the eval
   also reports mAP."""
@@ -134,7 +136,7 @@ def audio_visual_recipe(config, *, with_map: bool = False):
 def _recipe(config, *, batch_size, total_epochs, drop_path, mixup_prob, lr, layer_decay,
             with_map):
   """config.model.drop_path and config.train / mesh / ckpt / optim / eval of a paper recipe (the
-  common part: SPEC §9)."""
+  common part)."""
   placeholder = ml_collections.config_dict.placeholder
   config.model.drop_path = drop_path
   config.train = ml_collections.ConfigDict(dict(

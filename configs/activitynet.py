@@ -14,9 +14,9 @@ dataset class, script or notebook. From the paper: the model (CA²ST, video with
   SSv2 / EK100 datasets sample); a dense 16 x 4 window would see ~8 s of a video minutes long;
 - the stored video: the builder's 8 fps at short side 256;
 - audio: a 1024-frame fbank (10.24 s at 16 kHz, as VGGSound) from the audio of the whole video;
-- test views: 2 temporal x 3 spatial, as the other TSN configs (SPEC §9);
+- test views: 2 temporal x 3 spatial, as the other TSN configs;
 - the training recipe: the audio-visual one of the other CA²ST configs
-  (config_lib.audio_visual_recipe: SPEC §9, the authors' CAVA notebook), drop path 0.2.
+  (config_lib.audio_visual_recipe: the authors' CAVA notebook), drop path 0.2.
 """
 from ca2st_jax import config_lib
 

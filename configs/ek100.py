@@ -15,7 +15,7 @@ GPU x update_freq 4 x 16 GPUs = 384, lr 1e-3, layer decay 0.75 (the runner's def
 the authors published no script for CAVA or CA²ST on EK100. Ours, for those two: the spectrogram
 length T = 400 (4 s: EPIC-SOUNDS' value, at which the key lists in tests/fixtures/reference/ were
 derived from the authors' code) and the audio input as the other audio-visual configs have it
-(16 kHz, SpecAugment); the exchange switches are the authors' code defaults (SPEC §6).
+(16 kHz, SpecAugment); the exchange switches are the authors' code defaults.
 """
 from ca2st_jax import config_lib
 

@@ -16,7 +16,7 @@ from ca2st_jax.tools import summary
 from tests_helpers import ROOT, load_config
 
 REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
-# (config, key list, parameters counting shared tensors once: SPEC §8)
+# (config, key list, parameters counting shared tensors once)
 CASES = [
     ('cava_ek100', 'authors_keys_cava_compo_ek100_t400.tsv', 215_505_421),
     ('ca2st_ek100', 'authors_keys_ca2st_compo_ca9_shared_ek100_t400.tsv', 320_183_821),

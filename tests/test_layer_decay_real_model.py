@@ -4,7 +4,7 @@ The expected values come from the reference's own rules applied to the reference
 names and shapes (the export table gives each JAX parameter its reference name), not from
 models.layer_id or optim.decay_mask:
   * trained set: run_bidirection.py's `unfreeze_block` substrings, plus `time_mlp` for CAVA /
-    CA²ST (trained in the authors' key lists, SPEC §7);
+    CA²ST (trained in the authors' key lists);
   * layer id: util_tools/optim_factory.py `get_num_layer_for_vit` over trained names:
     `blocks.N.*` -> N + 1, anything else -> num_layers + 1 (the stems are frozen);
   * no weight decay: `get_parameter_groups`: 1-D, `*.bias`, or a name containing one of the

@@ -1,4 +1,4 @@
-"""The summary tool at base size: exact parameter counts (SPEC §7) and GMACs per view."""
+"""The summary tool at base size: exact parameter counts and GMACs per view."""
 import json
 import subprocess
 import sys

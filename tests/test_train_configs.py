@@ -92,7 +92,7 @@ def test_paper_config_recipe_steps_and_learning_rates(name, arg, total_steps, wa
                                                                              rel=1e-12)
 
 
-# SPEC §9's table (the CAVA column for the audio-visual configs; ActivityNet has no published
+# The paper recipes (the CAVA column for the audio-visual configs; ActivityNet has no published
 # recipe and takes that one, see its docstring).
 @pytest.mark.parametrize("name,batch,epochs,drop_path,mixup_prob,lr,layer_decay", [
     ("cast_k400", 576, 70, 0.2, 0.5, 1e-3, 0.75),

@@ -2,7 +2,7 @@
 
 The filterbank follows Kaldi's `compute-fbank-feats` (what torchaudio's
 `compliance.kaldi.fbank` and the `kaldi-native-fbank` package implement) with the options the
-AST/CAVA recipe uses (SPEC §2): 25 ms frames, 10 ms shift, snip_edges, per-frame DC removal,
+AST/CAVA recipe uses: 25 ms frames, 10 ms shift, snip_edges, per-frame DC removal,
 pre-emphasis 0.97, Hanning window, FFT padded to the next power of two, power spectrum,
 triangular mel bins between 20 Hz and Nyquist, natural log floored at float32 epsilon, dither 0,
 no energy. It works at any sample rate (the test compares it with kaldi-native-fbank at several).

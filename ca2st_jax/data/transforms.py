@@ -1,4 +1,4 @@
-"""Video transforms on uint8 frames (PIL), the train/eval spatial recipe of SPEC §9.
+"""Video transforms on uint8 frames (PIL), the train/eval spatial recipe of the authors' code.
 
 Train (the reference's `_aug_frame`): RandAugment `rand-m7-n4-mstd0.5-inc1` on the decoded frames
 with ONE draw of ops/magnitudes/signs for the whole clip, then RandomResizedCrop (scale (0.08, 1),

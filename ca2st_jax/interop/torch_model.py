@@ -54,11 +54,11 @@ class Spec:
   num_classes: int
   num_verbs: int
   num_nouns: int
-  # CA²ST switches (SPEC §6).
+  # CA²ST switches.
   audio_exchange_start: int
   exchange_method: str            # 'seq' | 'add'
   share_exchange_projections: bool
-  # CAVA / CA²ST time encoding and the reference's use_stpos (SPEC §6).
+  # CAVA / CA²ST time encoding and the reference's use_stpos.
   time_encoding: bool
   split_time_mlp: bool
   learned_positions: bool
@@ -428,7 +428,7 @@ def add_adapters(block: nn.Module, spec: Spec, skip: bool, *names: str) -> None:
 
 
 class CastBlock(nn.Module):
-  """CAST block (SPEC §4): CLIP and VideoMAE side by side, windowed S<->T B-CA."""
+  """CAST block: CLIP and VideoMAE side by side, windowed S<->T B-CA."""
 
   def __init__(self, spec: Spec):
     super().__init__()

@@ -81,7 +81,7 @@ def check_config(cfg):
 
 
 def build(cfg, *, rngs: nnx.Rngs):
-  """The model named by config.model.name, freshly initialised (SPEC §7). Parameters are
+  """The model named by config.model.name, freshly initialised. Parameters are
   float32, the frozen ones in the compute dtype when config.model.store_frozen_in_compute_dtype."""
   check_config(cfg)
   model = MODELS[cfg.name](cfg, rngs=rngs)

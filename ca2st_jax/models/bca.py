@@ -4,7 +4,7 @@ Both sides are projected down to the bottleneck width and normalised; each side 
 attends to the other; the result goes through GELU and an up-projection that starts at zero,
 so an untrained exchange adds nothing.
 
-SpaceTimeExchange is CAST's windowed form (SPEC §4): the spatial tokens of a position attend
+SpaceTimeExchange is CAST's windowed form: the spatial tokens of a position attend
 over the 8 time slots of the temporal tokens at that position, and the temporal tokens of a
 slot attend over the patches of the paired CLIP frame.
 """
@@ -162,7 +162,7 @@ class SpaceTimePositions(nnx.Module):
 
 
 class TimeEncoding(nnx.Module):
-  """Time encodings of the audio↔visual exchanges, computed once per forward (SPEC §6).
+  """Time encodings of the audio↔visual exchanges, computed once per forward.
 
   audio_times [B, 1 + S, 2]: row 0 the audio crop's [start, end] seconds, rows 1.. each time
   slot's. The audio crop is cut into S equal segments for the audio tokens. With

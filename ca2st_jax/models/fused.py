@@ -67,7 +67,7 @@ def mlp_step(block, adapter, drop_path, sample_axis, x):
 
 
 class CastLayer(nnx.Module):
-  """Adapters and the S↔T exchange of one CAST block (SPEC §4)."""
+  """Adapters and the S↔T exchange of one CAST block."""
 
   def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
     width, hidden = cfg.width, cfg.adapter_dim
@@ -101,8 +101,7 @@ class CAST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
-    self.unroll = bool(cfg.get('unroll_layers', False))
+    self.unroll = cfg.unroll_layers  # layers.run_stacks
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -184,7 +183,7 @@ class CavaLayer(nnx.Module):
 class CAVA(nnx.Module):
   """CAVA: AST + CLIP with global A↔S B-CA in every layer and time encodings.
 
-  head(dropout(L_a(audio) + L_s(spatial))), the last adapters WITH skip (SPEC §5).
+  head(dropout(L_a(audio) + L_s(spatial))), the last adapters WITH skip.
   Compositional (the authors' compo_single_ast_clip): verb and noun heads both read that fused
   feature, each through its own dropout.
   """
@@ -192,8 +191,7 @@ class CAVA(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
-    self.unroll = bool(cfg.get('unroll_layers', False))
+    self.unroll = cfg.unroll_layers  # layers.run_stacks
     self.compositional = cfg.name == 'cava_compositional'
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
@@ -319,7 +317,7 @@ class Ca2stLayer(nnx.Module):
 class CA2ST(nnx.Module):
   """CA²ST: CLIP + VideoMAE + AST. head(dropout(L_s(spatial) + L_t(temporal) + L_a(audio))):
   the visual last adapters without skip and zero fc2; the audio one is c_fc, QuickGELU, c_proj
-  with a random init (SPEC §5).
+  with a random init.
 
   Compositional (the authors' compo_cast_single_ast_Bsquare): one audio last adapter per head,
   noun = noun_head(dropout(L_s(spatial) + L_an(audio))), verb = verb_head(dropout(L_t(temporal)
@@ -329,8 +327,7 @@ class CA2ST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    # config.model.unroll_layers (layers.run_stacks): read with a default until every config has it.
-    self.unroll = bool(cfg.get('unroll_layers', False))
+    self.unroll = cfg.unroll_layers  # layers.run_stacks
     self.compositional = cfg.name == 'ca2st_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC §9 eval, §10 metrics), on host numpy after the per-view outputs are gathered.
+"""Evaluation metrics, on host numpy after the per-view outputs are gathered.
 
 Protocol: each eval view yields per-class softmax probabilities; the views of one video (same
 `video_index`) are averaged (the reference's `merge`/`compute_video`: mean of per-view softmax); padded

@@ -1,4 +1,4 @@
-"""Optimiser of SPEC §9: AdamW + weight-decay mask + layer decay + warm-up/cosine + clipping.
+"""Optimiser of the paper recipe: AdamW + weight-decay mask + layer decay + warm-up/cosine + clipping.
 
 The reference (util_tools/optim_factory.py, run_bidirection.py) builds torch param groups; here the same
 numbers come from three per-parameter trees over the *trainable* state only:

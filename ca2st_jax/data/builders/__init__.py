@@ -1,4 +1,4 @@
-"""TFDS builders (manual download, ArrayRecord) for the benchmarks of SPEC §10.
+"""TFDS builders (manual download, ArrayRecord) for the papers' benchmarks.
 
 Build one with `python -m ca2st_jax.data.builders NAME --manual_dir=RAW --data_dir=OUT`
 (no TensorFlow needed) or, with TensorFlow (and TFDS 4.9.10's apache-beam, mlcroissant) installed,
