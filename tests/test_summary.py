@@ -40,7 +40,7 @@ def test_cli_json_on_tiny():
 @pytest.mark.slow
 def test_train_tflops_cast_k400():
   """A train step is ~2.3x the forward in FLOPs: the frozen experts pass activation gradients but
-  have no weight gradients (issue 10), not the 3x of a fully trained network."""
+  have no weight gradients, not the 3x of a fully trained network."""
   result = summary.summarize(load_config('cast_k400').model)
   assert abs(result['tflops_per_clip'] - 0.781) / 0.781 < 0.03
   target = 2.3 * 0.781
