@@ -60,6 +60,16 @@ def select(inputs, start, stop):
 SPATIAL_AXIS, TEMPORAL_AXIS, AUDIO_AXIS, AUDIO_CROSS_AXIS = 1, 0, 0, 1
 
 
+def apply_heads(model, pre_head, deterministic):
+  """{head: logits}: each classifier on its pre-head feature after the head dropout."""
+  def drop(x):
+    return model.head_dropout(x, deterministic=deterministic)
+  if model.compositional:
+    return {'verb': model.verb_head(drop(pre_head['verb'])),
+            'noun': model.noun_head(drop(pre_head['noun']))}
+  return {'label': model.head(drop(pre_head['label']))}
+
+
 def mlp_step(block, adapter, drop_path, sample_axis, x):
   """The expert's MLP residual plus its MLP adapter (no skip, scaled 0.5, drop-pathed)."""
   h = block.pre_mlp(x)
@@ -141,12 +151,7 @@ class CAST(nnx.Module):
   def __call__(self, video, audio=None, audio_times=None, *, deterministic=True):
     del audio, audio_times  # CAST is video-only.
     pre_head = self.pre_head(*self.features(video, deterministic=deterministic))
-    if self.compositional:
-      return {
-          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
-          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
-      }
-    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}
+    return apply_heads(self, pre_head, deterministic)
 
 
 def encode_times(time_encoding, audio_times):
@@ -238,12 +243,7 @@ class CAVA(nnx.Module):
   def __call__(self, video, audio, audio_times, *, deterministic=True):
     pre_head = self.pre_head(*self.features(video, audio, audio_times,
                                             deterministic=deterministic))
-    if self.compositional:
-      return {
-          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
-          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
-      }
-    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}
+    return apply_heads(self, pre_head, deterministic)
 
 
 class Ca2stLayer(nnx.Module):
@@ -402,9 +402,4 @@ class CA2ST(nnx.Module):
   def __call__(self, video, audio, audio_times, *, deterministic=True):
     pre_head = self.pre_head(*self.features(video, audio, audio_times,
                                             deterministic=deterministic))
-    if self.compositional:
-      return {
-          'verb': self.verb_head(self.head_dropout(pre_head['verb'], deterministic=deterministic)),
-          'noun': self.noun_head(self.head_dropout(pre_head['noun'], deterministic=deterministic)),
-      }
-    return {'label': self.head(self.head_dropout(pre_head['label'], deterministic=deterministic))}
+    return apply_heads(self, pre_head, deterministic)
