@@ -397,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
   check_classes(config, source)
   setup = build_setup(config, model_lib=model_lib, devices=devices,
                       num_train_examples=source.num_train_examples)
-  check_mixup_batch(config, setup.mesh)
+  if mode != "eval":  # an eval-only run never mixes
+    check_mixup_batch(config, setup.mesh)
   workdir_lib.write_config(config, workdir)  # only now that the data and the setup are known good
   class_names = source.class_names()
   if class_names and jax.process_index() == 0:
