@@ -256,11 +256,9 @@ def clip_options(config, info=None) -> ClipOptions:
 
 
 def _host():
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.process_index(), jax.process_count()
-  except Exception:  # pylint: disable=broad-except
-    return 0, 1
+  # Imported here: Grain's worker processes import this module and need no JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index(), jax.process_count()
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -282,7 +280,7 @@ def train_dataset(source, opts: ClipOptions, *, batch_size: int, seed: int = 0,
   """Infinite per-host training batches (`batch_size` per host)."""
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   # Augment, then split: slicing first would give host k's i-th clip host 0's i-th draws.
-  ds = ds.random_map(functools.partial(_train_map, opts=opts), seed=seed + 1)
+  ds = ds.random_map(functools.partial(train_clip, opts=opts), seed=seed + 1)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
   ds = ds[host_index::host_count]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -291,10 +289,6 @@ def train_dataset(source, opts: ClipOptions, *, batch_size: int, seed: int = 0,
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=prefetch))
   return it
-
-
-def _train_map(record, rng, opts):
-  return train_clip(record, rng, opts)
 
 
 class _EvalViews:
