@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_train_toy as toy
+import toy
 import tests_helpers
 from ca2st_jax import report
 from ca2st_jax.checkpoints import orbax as orbax_ckpt

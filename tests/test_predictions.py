@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-import test_train_toy as toy
+import toy
 from ca2st_jax.train import evaluate as evaluate_lib
 from ca2st_jax.train import metrics as metrics_lib
 from ca2st_jax.train import trainer

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_train_toy as toy
+import toy
 from ca2st_jax.data.transforms import normalize_video_np
 from ca2st_jax.models import fused
 from ca2st_jax.train import mesh as mesh_lib

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_train_toy as toy
+import toy
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import trainer
 from sources import InMemorySource

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_train_toy as toy
+import toy
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import losses
 from ca2st_jax.train import mesh as mesh_lib
@@ -60,10 +60,25 @@ def test_same_loss_and_params_on_all_meshes(runs):
 
 
 def test_parameters_and_frozen_experts_sharded_over_fsdp(runs):
+  """Every trainable and frozen array (the toy config shards arrays of any size) lies over the
+  2-way fsdp axis on its largest even dimension, the last on a tie; arrays with no even
+  dimension are replicated."""
   setup = runs[(4, 2)]["setup"]
-  for tree in (setup.state_shardings["params"], setup.frozen_shardings):
-    specs = [s.spec for s in jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "spec"))]
-    assert any("fsdp" in tuple(s) for s in specs), specs
+  pairs = [(setup.abstract_state["params"], setup.state_shardings["params"]),
+           (setup.abstract_frozen, setup.frozen_shardings)]
+  sharded = 0
+  for abstract, shardings in pairs:
+    leaves = jax.tree.leaves(abstract)
+    specs = [s.spec for s in jax.tree.leaves(shardings, is_leaf=lambda x: hasattr(x, "spec"))]
+    assert leaves and len(leaves) == len(specs)
+    for leaf, spec in zip(leaves, specs):
+      even = [i for i, d in enumerate(leaf.shape) if d % 2 == 0]
+      want = [None] * len(leaf.shape)
+      if even:
+        want[max(even, key=lambda i: (leaf.shape[i], i))] = "fsdp"
+        sharded += 1
+      assert tuple(spec) + (None,) * (len(leaf.shape) - len(spec)) == tuple(want), (leaf.shape, spec)
+  assert sharded > 0
 
 
 def test_mixup_drawn_per_shard_and_micro_batch_paired_within_shard():
