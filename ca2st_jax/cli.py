@@ -107,15 +107,39 @@ def quiet_library_logs():
     logging.set_verbosity(logging.WARNING)
 
 
+def _set_platforms(platforms: str):
+  os.environ['JAX_PLATFORMS'] = platforms
+  if 'jax' in sys.modules:  # imported already: its config read the variable at import
+    sys.modules['jax'].config.update('jax_platforms', platforms)
+
+
 def use_cpu_unless_set():
   """For tools that only trace or convert a model (summary, export_torch): no accelerator is
-  needed, and without JAX_PLATFORMS JAX probes every installed plugin — with the [aot] extra's
-  libtpu on a machine without a TPU that logs "Unable to initialize backend 'tpu'"."""
-  if 'JAX_PLATFORMS' in os.environ:
+  needed, and JAX need not probe the installed plugins."""
+  if 'JAX_PLATFORMS' not in os.environ:
+    _set_platforms('cpu')
+
+
+def _has_tpu() -> bool:
+  """A TPU chip on this host's PCI bus (Google's vendor id, where JAX itself looks)."""
+  for vendor in glob.glob('/sys/bus/pci/devices/*/vendor'):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() == '0x1ae0':
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def skip_absent_tpu():
+  """Without JAX_PLATFORMS, JAX starts every installed plugin: the [aot] extra's libtpu on a
+  machine without a TPU prints a screen of TPU warnings first. There, use the GPU (when an NVIDIA
+  device and JAX's CUDA plugin are both present) or the CPU."""
+  if 'JAX_PLATFORMS' in os.environ or importlib.util.find_spec('libtpu') is None or _has_tpu():
     return
-  os.environ['JAX_PLATFORMS'] = 'cpu'
-  if 'jax' in sys.modules:  # imported already: its config read the variable at import
-    sys.modules['jax'].config.update('jax_platforms', 'cpu')
+  cuda_plugin = any(importlib.util.find_spec(f'jax_cuda{v}_plugin') for v in (12, 13))
+  _set_platforms('cuda,cpu' if cuda_plugin and os.path.exists('/dev/nvidiactl') else 'cpu')
 
 
 def check_data(config):

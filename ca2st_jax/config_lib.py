@@ -19,6 +19,11 @@ import ml_collections
 
 VARIANTS = ('', 'tiny')
 
+# The labels a batch may carry (one head, or EK100's verb and noun heads) and the config.model
+# field that gives each head's number of classes.
+HEAD_CLASSES = {'label': 'num_classes', 'verb': 'num_verbs', 'noun': 'num_nouns'}
+LABEL_KEYS = tuple(HEAD_CLASSES)
+
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """ViT-B/16 experts with the reference's defaults."""

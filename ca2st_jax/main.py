@@ -29,6 +29,7 @@ def main(argv):
     cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   config = flags.FLAGS.config
   cli.quiet_library_logs()  # Orbax/Grain INFO lines drown the progress lines
+  cli.skip_absent_tpu()
   cli.check_data(config)
   workdir = flags.FLAGS.workdir
   if not workdir:

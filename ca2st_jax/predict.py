@@ -536,6 +536,7 @@ def main(argv):
   paths = check_arguments(argv)
   config = FLAGS.config
   cli.quiet_library_logs()  # Orbax's INFO lines would bury the predictions
+  cli.skip_absent_tpu()
   files, unreadable_files = readable_videos(paths)
   if not files:
     cli.fail(', '.join(f'{p}: {why}' for p, why in unreadable_files), code=1)

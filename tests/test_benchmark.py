@@ -84,17 +84,18 @@ def test_peak_table_and_synthetic_batch():
 
 def _torch_outputs(cfg, attention, device):
   torch.manual_seed(0)
-  model = torch_model.build(cfg).to(device)
+  model = torch_model.build(cfg, attention).to(device)
   with torch.no_grad():
     for p in model.parameters():
       p.normal_(0.0, 0.2)
     inputs = {k: torch.from_numpy(v).to(device) for k, v in benchmark.synthetic_batch(cfg, 2).items()}
     video = (inputs['video'].float() / 255.0).permute(0, 4, 1, 2, 3)
-    old, torch_model.ATTENTION = torch_model.ATTENTION, attention
-    try:
-      return model(video=video, audio=inputs['audio'], audio_times=inputs['audio_times'])
-    finally:
-      torch_model.ATTENTION = old
+    return model(video=video, audio=inputs['audio'], audio_times=inputs['audio_times'])
+
+
+def test_torch_model_refuses_an_unknown_attention():
+  with pytest.raises(ValueError, match="attention='flash': expected one of"):
+    torch_model.build(load_config('cast_k400', 'tiny').model, 'flash')
 
 
 def test_torch_sdpa_matches_eager():

@@ -219,3 +219,25 @@ def test_summary_prints_its_table_and_no_backend_noise():
                      env=dict(env, PYTHONPATH=str(ROOT)))
   assert r.returncode == 0 and r.stderr == '', r.stderr
   assert r.stdout.startswith('ca2st: ') and ' parameters, ' in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize('env,libtpu,tpu,cuda,want', [
+    ({}, True, False, False, 'cpu'),
+    ({}, True, False, True, 'cuda,cpu'),
+    ({}, True, True, False, None),            # a TPU host: JAX starts libtpu as usual
+    ({}, False, False, False, None),          # no libtpu, no noise
+    ({'JAX_PLATFORMS': 'tpu'}, True, False, False, 'tpu'),  # the user's choice stands
+])
+def test_skip_absent_tpu(monkeypatch, env, libtpu, tpu, cuda, want):
+  from ca2st_jax import cli
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  installed = {'libtpu': libtpu, 'jax_cuda12_plugin': cuda}
+  monkeypatch.setattr(cli.importlib.util, 'find_spec', lambda name: installed.get(name) or None)
+  monkeypatch.setattr(cli, '_has_tpu', lambda: tpu)
+  monkeypatch.setattr(cli.os.path, 'exists', lambda path: cuda and path == '/dev/nvidiactl')
+  chosen = []
+  monkeypatch.setattr(cli, '_set_platforms', chosen.append)
+  cli.skip_absent_tpu()
+  assert (chosen[0] if chosen else os.environ.get('JAX_PLATFORMS')) == want

@@ -2,6 +2,7 @@
 over videos, the PyTorch export written in this process, the predict command; on a two-step
 demo run over a tiny synthetic set."""
 import importlib.util
+import json
 import os
 
 import jax
@@ -13,7 +14,8 @@ from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.data import synthetic
 from tests_helpers import load_config
 
-pytestmark = pytest.mark.slow  # a short demo run through the real pipeline
+# A short demo run through the real pipeline, once, on one worker (--dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('test_cli_report')]
 
 
 @pytest.fixture(scope='module')
@@ -35,6 +37,41 @@ def demo_run(tmp_path_factory):
   result = trainer.train_and_evaluate(config, workdir, 'train_and_eval', devices=jax.devices()[:1])
   assert result['num_videos'] == 8
   return config, workdir
+
+
+def test_demo_batches_show_each_factor_of_the_label(demo_run):
+  """The demo's task through the real pipeline (after the .mp4 and JPEG round trips): balanced
+  classes, the model's input shapes, and each factor of the label visible in what the model gets."""
+  from ca2st_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  config, _ = demo_run
+  source = pipeline.Source(config)
+  names = source.class_names()['label']
+  split, _ = pipeline.open_split(source.dir, 'train')
+  assert np.bincount([split[i]['label'] for i in range(len(split))], minlength=8).tolist() == [2] * 8
+  m = config.model
+  batch = next(source.train_iterator())
+  assert batch['video'].shape == (8, m.num_frames, m.image_size, m.image_size, 3)
+  assert batch['audio'].shape == (8, m.spectrogram_length, m.num_mel_bins)
+  for video, spec, label in zip(batch['video'], batch['audio'], batch['label']):
+    _, direction, tone = names[label].split()
+    gray = video.astype(np.float32).sum(-1)  # [F, H, W]; the shape is brighter than any background
+    bright = gray > 0.5 * (gray.max(axis=(1, 2), keepdims=True) + np.median(gray, axis=(1, 2),
+                                                                             keepdims=True))
+    x = [np.nonzero(b)[1].mean() for b in bright]
+    moved = x[-1] - x[0]
+    assert (moved > 8) if direction == 'rightward' else (moved < -8), (names[label], x)
+    peak = int(np.argmax(spec.mean(axis=0)))  # mel bin of the tone: ~4 for 300 Hz, ~13 for 1200 Hz
+    assert (peak < 8) if tone == 'low' else (peak >= 8), (names[label], peak)
+
+
+def test_demo_run_logs_and_evaluates_videos(demo_run):
+  _, workdir = demo_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(l) for l in f]
+  assert [l['split'] for l in lines] == ['train', 'train', 'val']
+  val = lines[-1]
+  # per-video accuracies of 8 videos: whole hits; top-5 finds at least what top-1 does
+  assert val['top1'] * 8 == pytest.approx(round(val['top1'] * 8)) and val['top5'] >= val['top1']
 
 
 def test_confusion_matrix_counts_videos(demo_run):

@@ -15,6 +15,10 @@ from ca2st_jax.interop import torch_model
 from ca2st_jax.tools import summary
 from tests_helpers import ROOT, load_config
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('test_compositional_av')
+
+
 REFERENCE = ROOT / 'tests' / 'fixtures' / 'reference'
 # (config, key list, parameters counting shared tensors once)
 CASES = [
@@ -119,13 +123,13 @@ def test_ek100_builder_stores_each_segment_audio(ek100_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('config_name', ['cava_ek100', 'ca2st_ek100'])
-def test_ek100_tiny_config_one_train_and_eval_step(config_name, ek100_dir, tmp_path):
+def test_ek100_tiny_config_one_train_and_eval_step(ek100_dir, tmp_path):
+  """ca2st_ek100:tiny on the built set (cava_ek100 trains in test_train_configs)."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  config = load_config(config_name, 'tiny')
+  config = load_config('ca2st_ek100', 'tiny')
   config.data.update(dataset_dir=ek100_dir, num_workers=0, eval_batch_size=6)
   config.train.update(total_steps=1, warmup_steps=0, ckpt_every=1)
   workdir = tmp_path / 'wd'

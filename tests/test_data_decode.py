@@ -76,7 +76,7 @@ def test_variable_frame_rate_audio_times_follow_the_frames(tmp_path):
   from tests_helpers import clip_options  # pylint: disable=import-outside-toplevel
   opts = clip_options(num_frames=8, sampling='dense', frame_stride=4, crop_size=16,
                       eval_short_side=16, with_audio=False)
-  idx = pipeline._frame_indices(len(record['frames']), opts, None, 1, 2)   # the later view
+  idx = pipeline.frame_indices(len(record['frames']), opts, None, 1, 2)   # the later view
   times = sampling.frame_times(idx, float(record['fps']))
   for i, t in zip(idx, times):
     true_time = VFR_TIMES[_brightness_index(record['frames'][i])]

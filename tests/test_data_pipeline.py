@@ -16,6 +16,10 @@ from ca2st_jax.data import pipeline, synthetic
 SPEC = dict(num_train=12, num_test=5, num_frames=16, size=40)
 
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('test_data_pipeline')
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp('syn')
@@ -261,7 +265,7 @@ def test_train_hosts_read_disjoint_examples(data_dir):
 def test_num_workers_auto_is_one_per_core_in_the_paper_configs(monkeypatch):
   from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
   for name in ('cast_k400', 'cast_ek100', 'ca2st_vggsound', 'cava_epic_sounds'):
-    assert load_config(name).data.num_workers == pipeline.AUTO_WORKERS, name   # was 0
+    assert load_config(name).data.num_workers == config_lib.AUTO_WORKERS, name
   monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(16)))
   assert pipeline.resolve_num_workers(-1) == 15
   monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda _: set(range(200)))

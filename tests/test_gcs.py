@@ -108,6 +108,10 @@ class Server:
         headers={"Content-Type": "application/octet-stream"}), timeout=30).read()
 
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_gcs")
+
+
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
   server = Server(str(tmp_path_factory.mktemp("gcs")))

@@ -18,6 +18,10 @@ from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.data import decode, synthetic
 from tests_helpers import ROOT, load_config
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('test_predict')
+
+
 SPEC = synthetic.SyntheticSpec(num_train=0, num_test=1, num_frames=32, size=48, fps=16)
 CLASSES = sorted(synthetic.CLASSES)   # the builder's label order
 

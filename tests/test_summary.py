@@ -87,11 +87,23 @@ def test_train_count_leaves_out_the_attention_recompute():
   assert counts['recomputed'][0] > counts['recomputed'][1]  # the recomputed q.k
 
 
-def test_pallas_flash_kernels_count_once_per_grid_point():
-  """The TPU flash kernel (interpreted on CPU) is counted as it computes: forward 2 products per
-  block pair, backward 4 (dK, dV with the scores recomputed) + 3 (dQ, recomputing them again)."""
+def test_flash_attention_counts_by_formula_on_true_lengths():
+  """The TPU flash kernel (traced on CPU) of models.layers.attention counts as FlashAttention's
+  formula on the true 200 tokens, not its padded 256-token blocks: forward 2 products, backward
+  4 gradients + 1 recomputation of the scores."""
+  q = jnp.zeros((2, 200, 2, 64), jnp.float32)
+  macs = 2 * 2 * 200 * 200 * 64  # B H Tq Tk D
+  attend = lambda q: layers.attention(q, q, q, 'tpu_flash')
+  assert summary.count_macs(jax.make_jaxpr(attend)(q).jaxpr) == 2 * macs
+  step = jax.make_jaxpr(jax.value_and_grad(lambda q: attend(q).sum()))
+  assert summary.count_macs(step(q).jaxpr) == (2 + 5) * macs
+
+
+def test_other_pallas_kernels_count_once_per_grid_point():
+  """A Pallas call outside an attention scope counts as it computes: the TPU flash kernel called
+  directly does 2 products per block pair forward, 4 + 3 backward (the scores recomputed twice)."""
   q = jnp.zeros((2, 256, 2, 64), jnp.float32)
-  macs = 2 * 2 * 256 * 256 * 64  # B H Tq Tk D
+  macs = 2 * 2 * 256 * 256 * 64
   forward = jax.make_jaxpr(lambda q: layers._tpu_flash_attention(q, q, q))(q).jaxpr
   assert summary.count_macs(forward) == 2 * macs
   step = jax.make_jaxpr(jax.value_and_grad(lambda q: layers._tpu_flash_attention(q, q, q).sum()))

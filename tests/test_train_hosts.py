@@ -18,6 +18,10 @@ from ca2st_jax.train import writer as writer_lib
 SPEC = dict(num_train=12, num_test=4, num_frames=16, size=40)
 
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_train_hosts")
+
+
 @pytest.fixture(scope="module")
 def train_split(tmp_path_factory):
   d = tmp_path_factory.mktemp("syn")

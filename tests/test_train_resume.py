@@ -13,6 +13,10 @@ from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import trainer
 from sources import InMemorySource
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_train_resume")
+
+
 STEPS = 6
 
 

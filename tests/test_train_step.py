@@ -13,6 +13,9 @@ from ca2st_jax.train import mesh as mesh_lib
 from ca2st_jax.train import trainer
 from sources import InMemorySource
 
+# Its module fixtures run once, on one worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_train_step")
+
 # Mixup is drawn per batch shard, so meshes with the same number of batch shards (data x fsdp)
 # train identically; the 1-device run is compared with mixup off.
 MESHES = [(8, 1), (2, 4), (4, 2)]

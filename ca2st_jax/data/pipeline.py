@@ -40,21 +40,19 @@ from ca2st_jax import config_lib
 from ca2st_jax.data import audio as audio_lib
 from ca2st_jax.data import decode, sampling, transforms
 
-LABEL_KEYS = ('label', 'verb', 'noun')
-AUTO_WORKERS = config_lib.AUTO_WORKERS  # config.data.num_workers: the cores less one (below)
 MAX_AUTO_WORKERS = 32     # each worker is a process with its own buffers: bound the memory
 
 
 def resolve_num_workers(num_workers: int) -> int:
   """config.data.num_workers -> Grain worker processes (0: in the training process).
 
-  -1 (AUTO_WORKERS) takes the cores this process may run on, less one for the training loop,
-  at most MAX_AUTO_WORKERS (set a number explicitly for more).
+  -1 (config_lib.AUTO_WORKERS) takes the cores this process may run on, less one for the training
+  loop, at most MAX_AUTO_WORKERS (set a number explicitly for more).
   """
   num_workers = int(num_workers)
   if num_workers >= 0:
     return num_workers
-  if num_workers != AUTO_WORKERS:
+  if num_workers != config_lib.AUTO_WORKERS:
     raise ValueError(f'config.data.num_workers={num_workers}: expected >= 0, or -1 for the cores '
                      'less one')
   try:
@@ -91,7 +89,9 @@ class ClipOptions:
   labels: tuple
 
 
-def _frame_indices(n, opts: ClipOptions, rng=None, clip_index=0, num_clips=1):
+def frame_indices(n, opts: ClipOptions, rng=None, clip_index=0, num_clips=1):
+  """The frames of an n-frame video that one clip reads: a random clip with `rng`, else view
+  `clip_index` of `num_clips`."""
   if opts.sampling == 'dense':
     if rng is not None:
       return sampling.dense_train_indices(n, opts.num_frames, opts.frame_stride, rng)
@@ -117,7 +117,9 @@ def _labels(record, opts):
   return {k: np.int32(record[k]) for k in opts.labels}
 
 
-def _audio(record, opts, position, rng):
+def clip_audio(record, opts, position, rng):
+  """(spectrogram, its span in seconds, has audio) of the clip at `position` (0..1) of the record;
+  SpecAugment only with `rng`."""
   pcm = np.asarray(record['audio'])
   spec, span = audio_lib.audio_features(
       pcm, int(record['audio_rate']), target_rate=opts.audio_rate,
@@ -141,7 +143,7 @@ def _assemble(record, video, idx, opts, spec_span_has):
 def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dict:
   """One stored example -> one augmented training clip (all randomness from `rng`)."""
   n = len(record['frames'])
-  idx = _frame_indices(max(n, 1), opts, rng)
+  idx = frame_indices(max(n, 1), opts, rng)
   if n:
     frames = _load_frames(record, idx)
     video = transforms.train_frames(
@@ -150,7 +152,7 @@ def train_clip(record: dict, rng: np.random.Generator, opts: ClipOptions) -> dic
         randaugment_after_crop=opts.randaugment_after_crop)
   else:  # audio-only example (EPIC-SOUNDS without video)
     video = np.zeros((opts.num_frames, opts.crop_size, opts.crop_size, 3), np.uint8)
-  aud = _audio(record, opts, float(rng.random()), rng) if opts.with_audio else None
+  aud = clip_audio(record, opts, float(rng.random()), rng) if opts.with_audio else None
   return _assemble(record, video, idx, opts, aud)
 
 
@@ -176,7 +178,7 @@ def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
               num_clips: int, num_crops: int) -> dict:
   """One deterministic eval view (temporal clip `clip_index`, spatial crop `crop_index`)."""
   n = len(record['frames'])
-  idx = _frame_indices(max(n, 1), opts, None, clip_index, num_clips)
+  idx = frame_indices(max(n, 1), opts, None, clip_index, num_clips)
   if n:
     frames = _load_frames(record, idx)
     video = transforms.eval_frames(frames, short_side=opts.eval_short_side,
@@ -185,7 +187,7 @@ def eval_clip(record: dict, clip_index: int, crop_index: int, opts: ClipOptions,
   else:
     video = np.zeros((opts.num_frames, opts.eval_short_side, opts.eval_short_side, 3), np.uint8)
   position = eval_audio_position(clip_index, crop_index, num_clips, num_crops)
-  aud = _audio(record, opts, position, None) if opts.with_audio else None
+  aud = clip_audio(record, opts, position, None) if opts.with_audio else None
   return _assemble(record, video, idx, opts, aud)
 
 
@@ -228,7 +230,8 @@ def clip_options(config, info=None) -> ClipOptions:
   `info` (the split's tfds DatasetInfo) says which label keys the examples carry.
   """
   d, m = _checked_data(config), config.model
-  labels = tuple(k for k in LABEL_KEYS if info is not None and k in info.features) or ('label',)
+  labels = tuple(k for k in config_lib.LABEL_KEYS
+                 if info is not None and k in info.features) or ('label',)
   return ClipOptions(
       num_frames=int(m.num_frames),
       tubelet=int(m.tubelet_size),
@@ -339,9 +342,9 @@ class Source:
     d = _checked_data(config)
     self.dir = dataset_dir(config)
     self.train_split, self.eval_split = d.train_split, d.eval_split
-    self._train_src, self.info = open_split(self.dir, self.train_split)
+    self.train_records, self.info = open_split(self.dir, self.train_split)
     self.opts = clip_options(config, self.info)
-    self.num_train_examples = len(self._train_src)
+    self.num_train_examples = len(self.train_records)
     self.host_index, self.host_count = _host()
     # The trainer's global batch: the one the learning rate is scaled for.
     global_batch = int(config.train.batch_size)
@@ -367,7 +370,7 @@ class Source:
     return {k: list(self.info.features[k].names) for k in self.opts.labels}
 
   def train_iterator(self):
-    ds = train_dataset(self._train_src, self.opts, batch_size=self.batch_size, seed=self.seed,
+    ds = train_dataset(self.train_records, self.opts, batch_size=self.batch_size, seed=self.seed,
                        num_workers=self.num_workers, host_index=self.host_index,
                        host_count=self.host_count,
                        prefetch=self.prefetch)

@@ -30,7 +30,7 @@ MODEL_NAMES = ('cast', 'cast_compositional', 'cava', 'cava_compositional', 'ca2s
                'ca2st_compositional')
 # 'eager': the reference's softmax(q k^T) v; 'sdpa': F.scaled_dot_product_attention (fused
 # kernels), the modern PyTorch baseline of tools.benchmark --torch_attention=sdpa.
-ATTENTION = 'eager'
+ATTENTIONS = ('eager', 'sdpa')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def clip_mlp(dim, hidden):
       ('c_fc', nn.Linear(dim, hidden)), ('gelu', QuickGELU()), ('c_proj', nn.Linear(hidden, dim))]))
 
 
-def _attend(q, k, v, heads):
+def _attend(q, k, v, heads, sdpa):
   """q [..., Nq, D], k/v [..., Nk, D] -> [..., Nq, D]; heads split as (h d), scale d^-0.5 on q."""
   *lead, nq, d = q.shape
   nk = k.shape[-2]
@@ -154,7 +154,7 @@ def _attend(q, k, v, heads):
   q = q.reshape(*lead, nq, heads, hd).transpose(-2, -3)
   k = k.reshape(*lead, nk, heads, hd).transpose(-2, -3)
   v = v.reshape(*lead, nk, heads, hd).transpose(-2, -3)
-  if ATTENTION == 'sdpa':
+  if sdpa:
     out = F.scaled_dot_product_attention(q, k, v)  # scale d^-0.5 by default
   else:
     out = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
@@ -167,6 +167,7 @@ class VideoMAEAttention(nn.Module):
   def __init__(self, dim, heads):
     super().__init__()
     self.heads = heads
+    self.sdpa = False
     self.q_bias = nn.Parameter(torch.zeros(dim))
     self.v_bias = nn.Parameter(torch.zeros(dim))
     self.qkv = nn.Linear(dim, 3 * dim, bias=False)
@@ -175,7 +176,7 @@ class VideoMAEAttention(nn.Module):
   def forward(self, x):
     bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
     q, k, v = F.linear(x, self.qkv.weight, bias).chunk(3, dim=-1)
-    return self.proj(_attend(q, k, v, self.heads))
+    return self.proj(_attend(q, k, v, self.heads, self.sdpa))
 
 
 class AstAttention(nn.Module):
@@ -184,12 +185,13 @@ class AstAttention(nn.Module):
   def __init__(self, dim, heads):
     super().__init__()
     self.heads = heads
+    self.sdpa = False
     self.qkv = nn.Linear(dim, 3 * dim)
     self.proj = nn.Linear(dim, dim)
 
   def forward(self, x):
     q, k, v = self.qkv(x).chunk(3, dim=-1)
-    return self.proj(_attend(q, k, v, self.heads))
+    return self.proj(_attend(q, k, v, self.heads, self.sdpa))
 
 
 class ClipAttention(nn.MultiheadAttention):
@@ -197,10 +199,11 @@ class ClipAttention(nn.MultiheadAttention):
 
   def __init__(self, dim, heads):
     super().__init__(dim, heads)
+    self.sdpa = False
 
   def forward(self, x):  # pylint: disable=arguments-differ
     q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-    return self.out_proj(_attend(q, k, v, self.num_heads))
+    return self.out_proj(_attend(q, k, v, self.num_heads, self.sdpa))
 
 
 class XAttn(nn.Module):
@@ -213,6 +216,7 @@ class XAttn(nn.Module):
   def __init__(self, dim, heads, names, pos=(), stpos=None):
     super().__init__()
     self.heads = heads
+    self.sdpa = False
     self.names = names
     self.stpos = stpos  # use_stpos: names of (audio space, audio time, visual space, visual time)
     for pname, n in pos:
@@ -228,7 +232,7 @@ class XAttn(nn.Module):
     qn, kvn, pn = self.names
     q = F.linear(xq, getattr(self, qn).weight, getattr(self, qn + '_bias'))
     k, v = F.linear(xkv, getattr(self, kvn).weight, getattr(self, kvn + '_bias')).chunk(2, dim=-1)
-    return getattr(self, pn)(_attend(q, k, v, self.heads))
+    return getattr(self, pn)(_attend(q, k, v, self.heads, self.sdpa))
 
 
 # ---------------------------------------------------------------- exchange between the experts
@@ -776,11 +780,18 @@ class Ca2st(_Model):
     return {'label': self.head(x)}
 
 
-def build(model_config) -> nn.Module:
-  """The PyTorch model for `config.model`, in eval mode, parameters zero (load a state_dict)."""
+def build(model_config, attention: str = 'eager') -> nn.Module:
+  """The PyTorch model for `config.model`, in eval mode, parameters zero (load a state_dict);
+  `attention` one of ATTENTIONS."""
+  if attention not in ATTENTIONS:
+    raise ValueError(f'attention={attention!r}: expected one of {ATTENTIONS}')
   spec = spec_from_config(model_config)
   cls = {'cast': Cast, 'cava': Cava, 'ca2st': Ca2st}[spec.name.removesuffix('_compositional')]
-  return cls(spec).eval()
+  model = cls(spec).eval()
+  for module in model.modules():
+    if isinstance(module, (VideoMAEAttention, AstAttention, ClipAttention, XAttn)):
+      module.sdpa = attention == 'sdpa'
+  return model
 
 
 def from_checkpoint(path, model_config, container: str | None = None) -> nn.Module:

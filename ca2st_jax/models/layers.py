@@ -123,9 +123,6 @@ def resolve_attention(requested: str, dtype, platform: str | None = None) -> str
   take half precision only). `platform` defaults to the default backend; the ahead-of-time tool
   names its target's.
   """
-  if requested not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f'config.model.attention={requested!r}: expected one of '
-                     f'{ATTENTION_IMPLEMENTATIONS}')
   platform = platform or jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
   if requested == 'cudnn' and (platform != 'gpu' or not half):
@@ -236,8 +233,6 @@ class Attention(nnx.Module):
   """
 
   def __init__(self, dim, num_heads, *, bias: str, implementation: str, dtype, rngs: nnx.Rngs):
-    if dim % num_heads:
-      raise ValueError(f'width {dim} is not divisible by num_heads {num_heads}')
     self.num_heads = num_heads
     self.bias = bias
     self.implementation = implementation
@@ -327,9 +322,8 @@ class Stack(nnx.Module):
     stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
     self.layer_graphdef = graphdef
     self.num_layers = len(modules)
-    for name, value in vars(stacked).items():
-      if not name.startswith('_pytree__'):
-        setattr(self, name, value)
+    for name, child in nnx.iter_children(stacked):  # its parameters and submodules
+      setattr(self, name, child)
 
   def __len__(self):
     return self.num_layers

@@ -62,14 +62,14 @@ def profile(source, n=8):
   """Seconds per train clip spent in each stage (one process)."""
   from ca2st_jax.data import decode, pipeline, transforms  # pylint: disable=g-import-not-at-top
   opts = source.opts
-  rec = source._train_src[0]  # pylint: disable=protected-access
+  rec = source.train_records[0]
   rng = np.random.default_rng(0)
-  idx = pipeline._frame_indices(len(rec['frames']), opts, rng)  # pylint: disable=protected-access
+  idx = pipeline.frame_indices(len(rec['frames']), opts, rng)
   blobs = [rec['frames'][i] for i in np.clip(idx, 0, len(rec['frames']) - 1)]
   frames = decode.decode_jpegs(blobs)
   ra = transforms.parse_randaugment(opts.randaugment)
   out = {
-      'read_record': _time(lambda: source._train_src[0], n),  # pylint: disable=protected-access
+      'read_record': _time(lambda: source.train_records[0], n),
       'jpeg_decode': _time(lambda: decode.decode_jpegs(blobs), n),
       'randaugment': _time(lambda: transforms.rand_augment(
           frames, np.random.default_rng(1), *ra, interpolation=opts.interpolation), n) if ra else 0,
@@ -77,7 +77,8 @@ def profile(source, n=8):
           frames, np.random.default_rng(1), crop_size=opts.crop_size, randaugment=''), n),
   }
   if opts.with_audio:
-    out['audio_fbank'] = _time(lambda: pipeline._audio(rec, opts, 0.5, np.random.default_rng(2)), n)  # pylint: disable=protected-access
+    out['audio_fbank'] = _time(
+        lambda: pipeline.clip_audio(rec, opts, 0.5, np.random.default_rng(2)), n)
   out['whole_clip'] = _time(lambda: pipeline.train_clip(rec, np.random.default_rng(3), opts), n)
   return {k: round(v * 1000, 2) for k, v in out.items()}   # milliseconds
 

@@ -37,6 +37,7 @@ from absl import app
 from absl import flags
 from flax import nnx
 
+from ca2st_jax import config_lib
 from ca2st_jax import models
 from ca2st_jax.tools import roofline
 from ca2st_jax.tools import summary
@@ -181,19 +182,10 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
 # -------------------------------------------------------------------------------------- PyTorch
 
 
-def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -> dict:
-  """The PyTorch model trained as the authors train it, on the same synthetic batch."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from ca2st_jax.interop import torch_model  # pylint: disable=g-import-not-at-top
+def _torch_trainable(model, cfg) -> list:
+  """Freezes what the reference freezes; the trainable parameters, counted against the JAX
+  model's trainable set."""
   from ca2st_jax.interop import torch_mapping  # pylint: disable=g-import-not-at-top
-  cfg = config.model
-  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  torch_model.ATTENTION = attention
-  torch.manual_seed(0)
-  model = torch_model.build(cfg).to(device)
-  with torch.no_grad():  # torch_model.build leaves zeros; any weights time the same but zeros
-    for p in model.parameters():
-      p.normal_(0.0, 0.02)
   trainable_names = {e.ref for e in torch_mapping.table(cfg)
                      if models.is_trainable(e.jax.split('/'))}
   params = dict(model.named_parameters())  # shared tensors appear once, under their first name
@@ -207,7 +199,38 @@ def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -
     raise ValueError(f'PyTorch trainable set has {got} parameters, the JAX model {expected} '
                      f'(config.model.name={cfg.name!r}); torch_mapping.table and models.TRAINABLE '
                      'disagree')
-  optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
+  return trainable
+
+
+def _torch_timed(fn, steps: int, warmup: int, cuda: bool) -> float:
+  """Seconds per call of fn(), after `warmup` untimed calls."""
+  import torch  # pylint: disable=g-import-not-at-top
+  for _ in range(warmup):
+    fn()
+  if cuda:
+    torch.cuda.synchronize()
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  if cuda:
+    torch.cuda.synchronize()
+  return (time.perf_counter() - start) / steps
+
+
+def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -> dict:
+  """The PyTorch model trained as the authors train it (AdamW, mixup with a fixed lambda, soft
+  targets from ca2st_jax.train.losses, autocast), on the same synthetic batch."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.interop import torch_model  # pylint: disable=g-import-not-at-top
+  from ca2st_jax.train import losses  # pylint: disable=g-import-not-at-top
+  cfg, tcfg = config.model, config.train
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  torch.manual_seed(0)
+  model = torch_model.build(cfg, attention).to(device)
+  with torch.no_grad():  # torch_model.build leaves zeros; any weights time the same but zeros
+    for p in model.parameters():
+      p.normal_(0.0, 0.02)
+  optimizer = torch.optim.AdamW(_torch_trainable(model, cfg), lr=1e-4, weight_decay=0.05)
   if cfg.dtype == 'float32':
     autocast_dtype = None
   else:  # the authors: fp16 + loss scaling on GPU; bf16 on CPU (no fp16 matmuls there)
@@ -218,35 +241,28 @@ def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -
 
   host = synthetic_batch(cfg, batch)
   inputs = {k: torch.from_numpy(v).to(device) for k, v in host.items()}
+  lam = 0.8  # each row mixed with the reversed batch's, as the reference's batch-mode mixup
+  targets = {key: torch.from_numpy(np.asarray(losses.soft_targets(
+      host[key], host[key][::-1], lam, cfg[config_lib.HEAD_CLASSES[key]],
+      float(tcfg.get('label_smoothing', 0.0))))).to(device)
+             for key in config_lib.LABEL_KEYS if key in host}
+  mixed_keys = ('video', 'audio') if tcfg.get('mixup_audio', False) else ('video',)
   mean = torch.tensor([0.485, 0.456, 0.406], device=device)
   std = torch.tensor([0.229, 0.224, 0.225], device=device)
-  tcfg = config.train
-  lam, smoothing = 0.8, float(tcfg.get('label_smoothing', 0.0))
 
-  def model_inputs():
+  def model_inputs(mix):
     video = ((inputs['video'].float() / 255.0 - mean) / std).permute(0, 4, 1, 2, 3)
-    out = {'video': video}
-    if 'audio' in inputs:
-      out['audio'], out['audio_times'] = inputs['audio'], inputs['audio_times']
+    out = {'video': video, **{k: inputs[k] for k in ('audio', 'audio_times') if k in inputs}}
+    for key in mixed_keys if mix else ():
+      if key in out:
+        out[key] = lam * out[key] + (1.0 - lam) * out[key].flip(0)
     return out
 
-  def mix(x):
-    return lam * x + (1.0 - lam) * x.flip(0)
-
   def train_step():
-    x = model_inputs()
-    x['video'] = mix(x['video'])
-    if 'audio' in x:
-      x['audio'] = mix(x['audio'])
     with autocast():
-      logits = model(**x)
-    loss = 0.0
-    for key, out in logits.items():
-      n = out.shape[-1]
-      target = torch.nn.functional.one_hot(inputs[key].long(), n).float()
-      target = target * (1.0 - smoothing) + smoothing / n
-      target = lam * target + (1.0 - lam) * target.flip(0)
-      loss = loss + torch.sum(-target * torch.log_softmax(out.float(), -1), -1).mean()
+      logits = model(**model_inputs(mix=True))
+    loss = sum(torch.sum(-targets[k] * torch.log_softmax(v.float(), -1), -1).mean()
+               for k, v in logits.items())
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -255,31 +271,20 @@ def run_torch(config, batch: int, steps: int, attention: str, warmup: int = 2) -
 
   def eval_step():
     with torch.no_grad(), autocast():
-      return {k: torch.softmax(v.float(), -1) for k, v in model(**model_inputs()).items()}
-
-  def timed(fn):
-    for _ in range(warmup):
-      fn()
-    if device.type == 'cuda':
-      torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-      fn()
-    if device.type == 'cuda':
-      torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+      return {k: torch.softmax(v.float(), -1) for k, v in model(**model_inputs(mix=False)).items()}
 
   model.train()  # no dropout or drop-path in the module: train/eval only differ in name here
-  results = {}
-  if device.type == 'cuda':
+  cuda = device.type == 'cuda'
+  if cuda:
     torch.cuda.reset_peak_memory_stats()
+  results = {}
   for name, fn in (('train_step', train_step), ('eval_step', eval_step)):
-    step_s = timed(fn)
+    step_s = _torch_timed(fn, steps, warmup, cuda)
     results[name] = {'step_ms': step_s * 1e3, 'clips_per_s': batch / step_s}
-  results['peak_bytes'] = torch.cuda.max_memory_allocated() if device.type == 'cuda' else None
-  results['device'] = (f'1 x {torch.cuda.get_device_name()}' if device.type == 'cuda'
+  results['peak_bytes'] = torch.cuda.max_memory_allocated() if cuda else None
+  results['device'] = (f'1 x {torch.cuda.get_device_name()}' if cuda
                        else f'1 x cpu ({torch.get_num_threads()} threads)')
-  results['device_kind'] = torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'
+  results['device_kind'] = torch.cuda.get_device_name() if cuda else 'cpu'
   results['num_devices'] = 1
   results['autocast'] = str(autocast_dtype).replace('torch.', '') if autocast_dtype else 'none'
   results['versions'] = {'torch': torch.__version__}
@@ -432,6 +437,7 @@ def main(argv):
   if bad:
     cli.fail(f'--torch_attention: {sorted(bad)} not in eager, sdpa')
   cli.quiet_library_logs()
+  cli.skip_absent_tpu()
   config = benchmark_config(_CONFIG.value, _BATCH.value, _DTYPE.value)
   rows = benchmark(config, batch=_BATCH.value, steps=_STEPS.value, backend=_BACKEND.value,
                    torch_attention=_TORCH_ATTENTION.value, warmup=_WARMUP.value,

@@ -10,6 +10,7 @@ clip are 2 x MACs of the forward and of a train step's forward + backward over t
 """
 import json
 import math
+import re
 
 from absl import app
 from absl import flags
@@ -64,8 +65,9 @@ def _subjaxprs(eqn):
 
 def count_macs(jaxpr, *, skip_recompute: bool = False) -> int:
   """Multiply-accumulates of every dot_general and convolution in a jaxpr, nested ones included
-  (a scan's body counted once per iteration, a cond's costliest branch, a Pallas kernel's body
-  once per grid point, a shard_map's body once per shard).
+  (a scan's body counted once per iteration, a cond's costliest branch, a shard_map's body once
+  per shard). A fused attention kernel counts as FlashAttention's formula on the attention's
+  true lengths (_FLASH_UNITS), not as the products over the padded blocks it computes.
 
   skip_recompute: in the backward pass of a rematerialised region (XLA's attention recomputes its
   scores there), count only the products that carry the cotangent, not the recomputed forward:
@@ -73,14 +75,32 @@ def count_macs(jaxpr, *, skip_recompute: bool = False) -> int:
   region's last input), which holds for the attention and for nothing else under
   `counting_config`.
   """
-  return _count_macs(jaxpr, skip_recompute, cotangent=None)
+  return _count_macs(jaxpr, skip_recompute, cotangent=None, lengths=None)
 
 
-def _count_macs(jaxpr, skip_recompute, cotangent) -> int:
+# The named scope of every attention call (models.layers.attention): its true lengths.
+_ATTENTION_SCOPE = re.compile(r'attention\d+_bh\d+_q(\d+)_k(\d+)_d\d+')
+# MACs of a fused attention kernel in units of batch x heads x q length x k length x head width:
+# the forward's two products (q k^T, p v); the backward's four gradient products and one
+# recomputation of q k^T, split as the TPU kernels split them (dk and dv, then dq).
+_FLASH_UNITS = (('bwd_dkv', 3), ('bwd_dq', 2), ('', 2))
+
+
+def _flash_macs(eqn, lengths) -> int:
+  """A Pallas flash-attention call's MACs by _FLASH_UNITS; its first operand is q, [B, H, T, D]."""
+  stack = str(eqn.source_info.name_stack)
+  units = next(u for kernel, u in _FLASH_UNITS if kernel in stack)
+  batch, heads, _, head_dim = eqn.invars[0].aval.shape
+  return units * batch * heads * lengths[0] * lengths[1] * head_dim
+
+
+def _count_macs(jaxpr, skip_recompute, cotangent, lengths) -> int:
   carries = set() if cotangent is None else {cotangent}
   macs = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
+    scope = _ATTENTION_SCOPE.search(str(eqn.source_info.name_stack))
+    eqn_lengths = (int(scope[1]), int(scope[2])) if scope else lengths
     if cotangent is not None:
       if not any(v in carries for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)):
         continue  # recomputed forward work
@@ -99,9 +119,9 @@ def _count_macs(jaxpr, skip_recompute, cotangent) -> int:
     if skip_recompute and name == 'remat2' and eqn.params.get('differentiated'):
       body = eqn.params['jaxpr']
       body = getattr(body, 'jaxpr', body)
-      macs += _count_macs(body, skip_recompute, cotangent=body.invars[-1])
+      macs += _count_macs(body, skip_recompute, body.invars[-1], eqn_lengths)
       continue
-    sub = [_count_macs(j, skip_recompute, None) for j in _subjaxprs(eqn)]
+    sub = [_count_macs(j, skip_recompute, None, eqn_lengths) for j in _subjaxprs(eqn)]
     if name == 'cond':
       macs += max(sub, default=0)
     elif name == 'scan':
@@ -111,10 +131,10 @@ def _count_macs(jaxpr, skip_recompute, cotangent) -> int:
       mesh = eqn.params['mesh']
       macs += math.prod(mesh.shape[a] for a in eqn.params['newly_manual_axes']) * sum(sub)
     elif name == 'pallas_call':
-      # A fused kernel (the TPU flash attention): its body runs once per grid point, so its
-      # products count as the kernel computes them (padding and the backward's recomputation
-      # of the scores included).
-      macs += math.prod(eqn.params['grid_mapping'].grid) * sum(sub)
+      if eqn_lengths is not None:  # the TPU flash attention of models.layers.attention
+        macs += _flash_macs(eqn, eqn_lengths)
+      else:  # another kernel: its body runs once per grid point
+        macs += math.prod(eqn.params['grid_mapping'].grid) * sum(sub)
     else:
       macs += sum(sub)
   return macs

@@ -27,9 +27,9 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from ca2st_jax import config_lib
 from ca2st_jax.train import mesh as mesh_lib
 from ca2st_jax.train import metrics as metrics_lib
-from ca2st_jax.train.losses import LABEL_KEYS
 
 MODEL_INPUT_KEYS = ("video", "audio", "audio_times")
 TOP_K = 5
@@ -69,14 +69,15 @@ def evaluate(eval_step, mesh, state, frozen, rest, source, *, with_map=False,
     if not pieces:
       mesh_lib.compile_then_sync(eval_step, state, frozen, rest, batch, name="eval step")
     out = eval_step(state, frozen, rest, batch)
-    meta = mesh_lib.global_batch({k: host_batch[k] for k in ("video_index", "mask", *LABEL_KEYS)
-                                  if k in host_batch}, mesh)
+    kept = ("video_index", "mask", *config_lib.LABEL_KEYS)
+    meta = mesh_lib.global_batch({k: host_batch[k] for k in kept if k in host_batch}, mesh)
     for k, v in {**{f"prob_{k}": v for k, v in out.items()}, **meta}.items():
       pieces.setdefault(k, []).append(v)
   whole = {k: gather(jnp.concatenate(v)) for k, v in pieces.items()}
   probs = {k.removeprefix("prob_"): v for k, v in whole.items() if k.startswith("prob_")}
   vids, masks = whole["video_index"], whole["mask"].astype(bool)
-  labels = labelled_heads({k: whole[k] for k in LABEL_KEYS if k in whole and k in probs}, masks)
+  labels = labelled_heads({k: whole[k] for k in config_lib.LABEL_KEYS
+                           if k in whole and k in probs}, masks)
   if labels:
     result = metrics_lib.compute_eval_metrics(probs, labels, vids, masks, with_map=with_map)
   else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-LABEL_KEYS = ("label", "verb", "noun")
+from ca2st_jax import config_lib
 
 
 def smoothed_one_hot(labels, num_classes, smoothing):
@@ -74,7 +74,7 @@ def mix_batch(batch, rng, *, shards, accum, alpha, prob, mix_keys):
       l = lam_g.reshape(accum, shards, 1, *([1] * (g.ndim - 3))).astype(g.dtype)
       g = l * g + (1.0 - l) * jnp.flip(g, axis=2)
     out[key] = flat(g)
-    if key in LABEL_KEYS:
+    if key in config_lib.LABEL_KEYS:
       out[f"partner_{key}"] = flat(jnp.flip(g, axis=2))
   out["mixup_lambda"] = flat(jnp.broadcast_to(lam_g[:, :, None], (accum, shards, m)))
   return out, lam

@@ -37,6 +37,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from ca2st_jax import config_lib
 from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import evaluate as evaluate_lib
@@ -50,7 +51,6 @@ from ca2st_jax.train import writer as writer_lib
 
 MODES = ("train", "eval", "train_and_eval")
 # Each label key's class count in config.model.
-HEAD_CLASSES = dict(zip(losses.LABEL_KEYS, ("num_classes", "num_verbs", "num_nouns")))
 # Global batches transferred ahead of the step that uses them (hides the host → device copy).
 DEVICE_PREFETCH = 2
 
@@ -106,7 +106,7 @@ def train_step(state, frozen, rest, batch, *, graphdef, mesh, tx, schedule, mix,
   inputs = {"video": normalized_video(batch["video"])}
   if "audio" in batch:
     inputs["audio"] = batch["audio"].astype(jnp.float32)
-  inputs.update({k: batch[k] for k in ("audio_times", *losses.LABEL_KEYS) if k in batch})
+  inputs.update({k: batch[k] for k in ("audio_times", *config_lib.LABEL_KEYS) if k in batch})
   micro_all, lam = mix(inputs, mix_rng)
   accum = micro_all["video"].shape[0]  # mix_batch's layout: [accum, rows, ...]
   grad_fn = jax.value_and_grad(functools.partial(train_loss, graphdef=graphdef, mesh=mesh,
@@ -340,7 +340,7 @@ def check_classes(config, source):
   """The model's class counts against the data set's, before any step (a model with fewer
   classes would train on out-of-range labels)."""
   for key, n in source.num_classes().items():
-    field = HEAD_CLASSES[key]
+    field = config_lib.HEAD_CLASSES[key]
     if key == "label" and str(config.model.get("name", "")).endswith("_compositional"):
       continue
     want = int(config.model.get(field, 0))
