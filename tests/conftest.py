@@ -7,10 +7,25 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import runpy  # noqa: E402
+import sys  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from absl import app  # noqa: E402,F401  (its flags, before run_cli copies the registry)
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# The suite ends when its slower xdist worker does: the longest modules start first, the many short
+# tests fill in behind them.
+LONGEST_FIRST = ("test_multiprocess.py", "test_gcs.py", "test_train_configs.py", "test_predict.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +52,36 @@ def abstract_model():
     return traced[key]
 
   return get
+
+
+def _flag_state():
+  """A copy of absl's flag registry deep enough to put back (its dicts and their lists)."""
+  return {k: ({kk: list(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
+              if isinstance(v, dict) else v) for k, v in vars(flags.FLAGS).items()}
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+  """run(module, *args) -> (exit code, stdout, stderr) of `python -m module args` in this process.
+  The flags other modules defined here are set aside for the run and put back after it."""
+  saved, verbosity = _flag_state(), logging.get_verbosity()
+  for name in ('JAX_PLATFORMS', 'TPU_SKIP_MDS_QUERY', 'ALLOW_MULTIPLE_LIBTPU_LOAD'):
+    monkeypatch.setenv(name, os.environ.get(name, 'cpu' if name == 'JAX_PLATFORMS' else '1'))
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+  def run(module, *args):
+    for name in list(flags.FLAGS):
+      if not flags.FLAGS.find_module_defining_flag(name, 'absl').startswith('absl'):
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    monkeypatch.setattr(sys, 'argv', [module, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+      runpy.run_module(module, run_name='__main__', alter_sys=True)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+  yield run
+  vars(flags.FLAGS).clear()
+  vars(flags.FLAGS).update(saved)
+  logging.set_verbosity(verbosity)

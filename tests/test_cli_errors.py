@@ -2,52 +2,15 @@
 non-zero exit, no traceback. The entry points run in this process (`python -m` through runpy),
 before any model is built; one subprocess per command line checks the real start-up."""
 import os
-import runpy
 import subprocess
 import sys
 
 import pytest
-from absl import app  # noqa: F401  (its flags, before the registry is copied)
-from absl import flags
-from absl import logging
 
 from tests_helpers import ROOT
 
 # runpy re-runs modules a test already imported; that is what it is asked to do here.
 pytestmark = pytest.mark.filterwarnings('ignore:.*found in sys.modules:RuntimeWarning')
-
-
-def _flag_state():
-  """A copy of absl's flag registry deep enough to put back (its dicts and their lists)."""
-  return {k: ({kk: list(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
-              if isinstance(v, dict) else v) for k, v in vars(flags.FLAGS).items()}
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-  """run(module, *args) -> (exit code, stdout, stderr) of `python -m module args` in this process.
-  The flags other modules defined here are set aside for the run and put back after it."""
-  saved, verbosity = _flag_state(), logging.get_verbosity()
-  for name in ('JAX_PLATFORMS', 'TPU_SKIP_MDS_QUERY', 'ALLOW_MULTIPLE_LIBTPU_LOAD'):
-    monkeypatch.setenv(name, os.environ.get(name, 'cpu' if name == 'JAX_PLATFORMS' else '1'))
-  monkeypatch.chdir(ROOT)
-
-  def run(module, *args):
-    for name in list(flags.FLAGS):
-      if not flags.FLAGS.find_module_defining_flag(name, 'absl').startswith('absl'):
-        delattr(flags.FLAGS, name)
-    flags.FLAGS.unparse_flags()
-    monkeypatch.setattr(sys, 'argv', [module, *args])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-      runpy.run_module(module, run_name='__main__', alter_sys=True)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-  yield run
-  vars(flags.FLAGS).clear()
-  vars(flags.FLAGS).update(saved)
-  logging.set_verbosity(verbosity)
 
 
 CONFIG_MISSING = ("error: --config=configs/nope.py: no such file 'configs/nope.py' (the configs "

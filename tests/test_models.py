@@ -51,21 +51,23 @@ def test_zero_init_experts_unchanged(name):
   cfg = tiny(name, audio_exchange_start=0)
   model = models.build(cfg, rngs=nnx.Rngs(0))
   batch = inputs(cfg)
-  if name.startswith('cast'):
-    fused = model.features(batch['video'])
-    alone = (model.spatial(batch['video']), model.temporal(batch['video']))
+  video_only = name.startswith('cast')
+  # Compiled once each, not run op by op.
+  features = nnx.jit(lambda m, b: m.features(b['video']) if video_only else m.features(**b))
+  expert = nnx.jit(lambda module, x: module(x))
+  fused = features(model, batch)
+  if video_only:
+    alone = (expert(model.spatial, batch['video']), expert(model.temporal, batch['video']))
   elif name == 'cava':
-    fused = model.features(**batch)
-    alone = (model.audio(batch['audio']), model.spatial(batch['video']))
+    alone = (expert(model.audio, batch['audio']), expert(model.spatial, batch['video']))
   else:
-    fused = model.features(**batch)
-    alone = (model.spatial(batch['video']), model.temporal(batch['video']),
-             model.audio(batch['audio']))
+    alone = (expert(model.spatial, batch['video']), expert(model.temporal, batch['video']),
+             expert(model.audio, batch['audio']))
   for inside, outside in zip(fused, alone):
     np.testing.assert_allclose(inside, outside, atol=1e-5, rtol=1e-5)
   # Non-trivial only if the exchanges would change the features once trained.
   randomize(model)
-  changed = model.features(**batch) if not name.startswith('cast') else model.features(batch['video'])
+  changed = features(model, batch)
   assert not np.allclose(changed[0], fused[0], atol=1e-3)
 
 
@@ -229,16 +231,18 @@ def test_drop_path_only_in_training():
   model = models.build(cfg, rngs=nnx.Rngs(0))
   randomize(model)
   video = inputs(cfg)['video']
-  eval_1 = model(video, deterministic=True)['label']
-  eval_2 = model(video, deterministic=True)['label']
+  run = nnx.jit(lambda m, v, deterministic: m(v, deterministic=deterministic)['label'],
+                static_argnames='deterministic')
+  eval_1 = run(model, video, deterministic=True)
+  eval_2 = run(model, video, deterministic=True)
   np.testing.assert_array_equal(eval_1, eval_2)
   # Same weights without drop path give the same eval output...
   plain = models.build(tiny('cast'), rngs=nnx.Rngs(0))
   nnx.update(plain, nnx.state(model, nnx.Param))
-  np.testing.assert_allclose(plain(video)['label'], eval_1, atol=1e-6)
+  np.testing.assert_allclose(run(plain, video, deterministic=True), eval_1, atol=1e-6)
   # ...and training mode is stochastic.
-  train_1 = model(video, deterministic=False)['label']
-  train_2 = model(video, deterministic=False)['label']
+  train_1 = run(model, video, deterministic=False)
+  train_2 = run(model, video, deterministic=False)
   assert not np.allclose(train_1, train_2)
   assert not np.allclose(train_1, eval_1)
 
@@ -325,7 +329,7 @@ def test_bfloat16_frozen_storage_matches_float32(name):
   new = [0.2 * jax.random.normal(k, x.shape) for k, x in
          zip(jax.random.split(jax.random.key(1), len(leaves)), leaves)]
   nnx.update(reference, jax.tree.unflatten(treedef, new))
-  features = np.asarray(_pre_head(reference, name, batch))
+  features = np.asarray(nnx.jit(_pre_head, static_argnums=1)(reference, name, batch))
   centred = features - features.mean(0)
   prototypes = centred / np.linalg.norm(centred, axis=1, keepdims=True)
   reference.head.kernel[...] = jnp.asarray(10 * prototypes.T)
@@ -337,8 +341,9 @@ def test_bfloat16_frozen_storage_matches_float32(name):
   assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, models.FROZEN))} == {jnp.dtype(jnp.bfloat16)}
   assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, models.TRAINABLE))} == {jnp.dtype(jnp.float32)}
 
-  logits_32 = np.asarray(reference(**inputs_of(batch))['label'])
-  logits_16 = np.asarray(bf16(**inputs_of(batch))['label'], np.float32)
+  logits = nnx.jit(lambda model, inputs: model(**inputs)['label'])  # one compile, not op by op
+  logits_32 = np.asarray(logits(reference, inputs_of(batch)))
+  logits_16 = np.asarray(logits(bf16, inputs_of(batch)), np.float32)
   np.testing.assert_array_equal(logits_32.argmax(-1), np.arange(num))  # input-dependent top-1
   top2 = np.sort(logits_32, -1)[:, -2:]
   difference = np.abs(logits_16 - logits_32).max()
