@@ -47,7 +47,8 @@ def test_demo_batches_show_each_factor_of_the_label(demo_run):
   source = pipeline.Source(config)
   names = source.class_names()['label']
   split, _ = pipeline.open_split(source.dir, 'train')
-  assert np.bincount([split[i]['label'] for i in range(len(split))], minlength=8).tolist() == [2] * 8
+  labels = [split[i]['label'] for i in range(len(split))]
+  assert np.bincount(labels, minlength=8).tolist() == [2] * 8
   m = config.model
   batch = next(source.train_iterator())
   assert batch['video'].shape == (8, m.num_frames, m.image_size, m.image_size, 3)

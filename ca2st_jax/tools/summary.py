@@ -94,13 +94,17 @@ def _flash_macs(eqn, lengths) -> int:
   return units * batch * heads * lengths[0] * lengths[1] * head_dim
 
 
+def _scope_lengths(eqn, inherited):
+  """The true (q, k) lengths of the attention scope `eqn` is in, else those of its caller."""
+  scope = _ATTENTION_SCOPE.search(str(eqn.source_info.name_stack))
+  return (int(scope[1]), int(scope[2])) if scope else inherited
+
+
 def _count_macs(jaxpr, skip_recompute, cotangent, lengths) -> int:
   carries = set() if cotangent is None else {cotangent}
   macs = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    scope = _ATTENTION_SCOPE.search(str(eqn.source_info.name_stack))
-    eqn_lengths = (int(scope[1]), int(scope[2])) if scope else lengths
     if cotangent is not None:
       if not any(v in carries for v in eqn.invars if not isinstance(v, jax.extend.core.Literal)):
         continue  # recomputed forward work
@@ -119,9 +123,12 @@ def _count_macs(jaxpr, skip_recompute, cotangent, lengths) -> int:
     if skip_recompute and name == 'remat2' and eqn.params.get('differentiated'):
       body = eqn.params['jaxpr']
       body = getattr(body, 'jaxpr', body)
-      macs += _count_macs(body, skip_recompute, body.invars[-1], eqn_lengths)
+      macs += _count_macs(body, skip_recompute, body.invars[-1], _scope_lengths(eqn, lengths))
       continue
-    sub = [_count_macs(j, skip_recompute, None, eqn_lengths) for j in _subjaxprs(eqn)]
+    subjaxprs = list(_subjaxprs(eqn))
+    # Only calls with a body can hold an attention kernel: the scope is read there alone.
+    inner = _scope_lengths(eqn, lengths) if subjaxprs else lengths
+    sub = [_count_macs(j, skip_recompute, None, inner) for j in subjaxprs]
     if name == 'cond':
       macs += max(sub, default=0)
     elif name == 'scan':
@@ -131,8 +138,8 @@ def _count_macs(jaxpr, skip_recompute, cotangent, lengths) -> int:
       mesh = eqn.params['mesh']
       macs += math.prod(mesh.shape[a] for a in eqn.params['newly_manual_axes']) * sum(sub)
     elif name == 'pallas_call':
-      if eqn_lengths is not None:  # the TPU flash attention of models.layers.attention
-        macs += _flash_macs(eqn, eqn_lengths)
+      if inner is not None:  # the TPU flash attention of models.layers.attention
+        macs += _flash_macs(eqn, inner)
       else:  # another kernel: its body runs once per grid point
         macs += math.prod(eqn.params['grid_mapping'].grid) * sum(sub)
     else:
