@@ -6,6 +6,17 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for every process of a test run (both xdist workers and the CLIs and
+# launches that tests start), kept under .pytest_cache for the next run: each process would
+# otherwise compile the same small programs (initialisers, tiny train steps) again. A size limit
+# makes JAX lock the cache while processes share it.
+for _name, _value in (
+    ("JAX_COMPILATION_CACHE_DIR",
+     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
+                  "xla")),
+    ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+    ("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))):
+  os.environ.setdefault(_name, _value)
 
 import runpy  # noqa: E402
 import sys  # noqa: E402

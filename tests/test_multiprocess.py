@@ -57,10 +57,9 @@ def run_config(data_dir):
   return c
 
 
-def _launch(cfg_path, workdir, *, cache_dir, on_line=None):
+def _launch(cfg_path, workdir, *, on_line=None):
   """launch/local.sh 2 ...; returns (exit status, output lines)."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
   env.pop("XLA_FLAGS", None)  # conftest's 8 host devices; local.sh gives each process 4
   p = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "2", f"--config={cfg_path}",
                         f"--workdir={workdir}"], stdout=subprocess.PIPE,
@@ -111,7 +110,6 @@ def _launch_all(tmp):
   from absl import flags  # pylint: disable=import-outside-toplevel
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  cache = str(tmp / "jax_cache")
   data = str(tmp / "data")
   cfg_path = str(tmp / "config.py")
   with open(cfg_path, "w") as f:
@@ -124,7 +122,7 @@ def _launch_all(tmp):
   r["A_params"] = _final_params(cfg, wd_a)
 
   wd_b = str(tmp / "B")
-  r["B_rc"], r["B_out"] = _launch(cfg_path, wd_b, cache_dir=cache)
+  r["B_rc"], r["B_out"] = _launch(cfg_path, wd_b)
   assert r["B_rc"] == 0, _out(r["B_out"])
   r["B_params"] = _final_params(cfg, wd_b)
 
@@ -138,10 +136,10 @@ def _launch_all(tmp):
       os.kill(pids[1], signal.SIGTERM)
       sent["at"] = 1
 
-  r["C_rc"], r["C_out"] = _launch(cfg_path, wd_c, cache_dir=cache, on_line=preempt_process_1)
+  r["C_rc"], r["C_out"] = _launch(cfg_path, wd_c, on_line=preempt_process_1)
   r["C_sent"] = bool(sent)
   assert r["C_rc"] == 0, _out(r["C_out"])
-  r["C2_rc"], r["C2_out"] = _launch(cfg_path, wd_c, cache_dir=cache)
+  r["C2_rc"], r["C2_out"] = _launch(cfg_path, wd_c)
   assert r["C2_rc"] == 0, _out(r["C2_out"])
   r["C2_params"] = _final_params(cfg, wd_c)
   r["wd"] = dict(A=wd_a, B=wd_b, C=wd_c)

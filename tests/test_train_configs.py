@@ -134,27 +134,9 @@ def _in_memory_data(cfg, num_train=8, num_eval_videos=4, views=2):
   return train, evaluation, sorted(heads)
 
 
-@pytest.fixture(scope="module")
-def compile_once_per_program(tmp_path_factory):
-  """A persistent compilation cache for this module: configs that share a model family and a
-  recipe (cava_vggsound, cava_ucf101, ...) compile the same tiny programs, once per worker."""
-  from jax.experimental.compilation_cache import compilation_cache
-  fields = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-  before = {f: getattr(jax.config, f) for f in fields}
-  jax.config.update(fields[0], str(tmp_path_factory.mktemp("compilation_cache")))
-  jax.config.update(fields[1], 0.0)
-  jax.config.update(fields[2], 0)
-  compilation_cache.reset_cache()
-  yield
-  for f, value in before.items():
-    jax.config.update(f, value)
-  compilation_cache.reset_cache()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINED)
-def test_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path, compile_once_per_program):
+def test_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path):
   """configs/<name>.py at :tiny through the real trainer on the 8 simulated devices: one train
   step, its checkpoint, one eval pass (4 videos x 2 views in one eval batch). The config's
   :tiny global batch (2) does not split over 8 devices: it runs at 16 (mixup pairs clips within a
