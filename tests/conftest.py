@@ -2,11 +2,8 @@
 fixtures."""
 import os
 
-# LLVM at -O1: XLA's CPU compiles take about a quarter less time, and the tests' programs are too
-# small for the code's speed to matter.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_backend_optimization_level=1 --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for every process of a test run (both xdist workers and the CLIs and
