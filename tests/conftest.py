@@ -1,5 +1,5 @@
-"""Test setup: 8 simulated CPU devices and exact fp32 matmuls, fixed before JAX starts; shared
-fixtures."""
+"""Test setup: 8 simulated CPU devices, one compilation cache and exact fp32 matmuls, fixed before
+JAX starts; shared fixtures."""
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -121,9 +121,14 @@ def gcs(tmp_path_factory):
     for k, v in env.items():
       mp.setenv(k, v)
     import gcsfs  # pylint: disable=import-outside-toplevel
-    gcsfs.GCSFileSystem.clear_instance_cache()  # a client made before reads the old endpoint
+    from etils.epath import backend  # pylint: disable=import-outside-toplevel
+    # Clients made before read the old endpoint: gcsfs's and the one etils.epath keeps per
+    # protocol (a private lru_cache, no public way to reset it).
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
     yield server
     gcsfs.GCSFileSystem.clear_instance_cache()
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
   server.stop()
 
 

@@ -62,7 +62,8 @@ def _launch(cfg_path, workdir, *, on_line=None):
   """launch/local.sh 2 ...; returns (exit status, output lines)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   # conftest's 8 host devices out; local.sh gives each process 4
-  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
   p = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "2", f"--config={cfg_path}",
                         f"--workdir={workdir}"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)

@@ -62,7 +62,8 @@ def test_first_collectives_wait_for_a_late_process(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_NUM_PROCESSES="2")
   # conftest's 8 host devices out; each process sets its own
-  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
+  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(
+      "--xla_force_host_platform_device_count=8", "").strip()
   procs = {}
   for late_before in ("save", "sum"):
     pair_env = dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}")
