@@ -2,18 +2,16 @@
 JAX starts; shared fixtures."""
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from tests_helpers import HOST_DEVICES, ROOT  # no JAX import: the settings below come first
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + HOST_DEVICES).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for every process of a test run (both xdist workers and the CLIs and
 # launches that tests start), kept under .pytest_cache for the next run: each process would
 # otherwise compile the same small programs (initialisers, tiny train steps) again. A size limit
 # makes JAX lock the cache while processes share it.
 for _name, _value in (
-    ("JAX_COMPILATION_CACHE_DIR",
-     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache",
-                  "xla")),
+    ("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "xla")),
     ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
     ("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))):
   os.environ.setdefault(_name, _value)
@@ -78,7 +76,7 @@ def run_cli(monkeypatch, capsys):
   saved, verbosity = _flag_state(), logging.get_verbosity()
   for name in ('JAX_PLATFORMS', 'TPU_SKIP_MDS_QUERY', 'ALLOW_MULTIPLE_LIBTPU_LOAD'):
     monkeypatch.setenv(name, os.environ.get(name, 'cpu' if name == 'JAX_PLATFORMS' else '1'))
-  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  monkeypatch.chdir(ROOT)
 
   def run(module, *args):
     for name in list(flags.FLAGS):

@@ -121,14 +121,11 @@ def gcs(tmp_path_factory):
     for k, v in env.items():
       mp.setenv(k, v)
     import gcsfs  # pylint: disable=import-outside-toplevel
-    from etils.epath import backend  # pylint: disable=import-outside-toplevel
-    # Clients made before read the old endpoint: gcsfs's and the one etils.epath keeps per
-    # protocol (a private lru_cache, no public way to reset it).
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    gcsfs.GCSFileSystem.clear_instance_cache()  # clients made before read the old endpoint
+    tests_helpers.forget_gs_clients()
     yield server
     gcsfs.GCSFileSystem.clear_instance_cache()
-    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    tests_helpers.forget_gs_clients()
   server.stop()
 
 

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from tests_helpers import HOST_DEVICES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKEW_S = 35  # past gloo's 30 s, with room for the processes' own differences
 TIMEOUT_S = 240
@@ -62,8 +64,7 @@ def test_first_collectives_wait_for_a_late_process(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_NUM_PROCESSES="2")
   # conftest's 8 host devices out; each process sets its own
-  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(
-      "--xla_force_host_platform_device_count=8", "").strip()
+  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(HOST_DEVICES, "").strip()
   procs = {}
   for late_before in ("save", "sum"):
     pair_env = dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}")

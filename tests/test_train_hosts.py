@@ -14,6 +14,7 @@ from ca2st_jax import report
 from ca2st_jax.data import pipeline, synthetic
 from ca2st_jax.train import workdir as workdir_lib
 from ca2st_jax.train import writer as writer_lib
+from tests_helpers import forget_gs_clients
 
 SPEC = dict(num_train=12, num_test=4, num_frames=16, size=40)
 
@@ -74,18 +75,11 @@ def fake_gcs(monkeypatch, tmp_path):
   for name in ("gs", "gcs"):  # epath asks fsspec for either
     monkeypatch.setitem(registry._registry, name, FakeGcs)  # pylint: disable=protected-access
   FakeGcs.store.clear()
-  _forget_gs_clients()
+  forget_gs_clients()
   monkeypatch.chdir(tmp_path)  # where a gs:// path taken for a local one would land
   yield FakeGcs()
-  _forget_gs_clients()
+  forget_gs_clients()
   assert not os.path.exists(tmp_path / "gs:"), "a gs:// path was written as a local folder"
-
-
-def _forget_gs_clients():
-  """etils.epath keeps the first file system it got for each protocol (a private lru_cache, no
-  public way to reset it): a gcsfs client another test made would bypass FakeGcs."""
-  from etils.epath import backend  # pylint: disable=import-outside-toplevel
-  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
 def test_gs_workdir_files_go_to_the_bucket(fake_gcs):

@@ -4,6 +4,16 @@ import pathlib
 from ca2st_jax import config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# conftest's simulated mesh; processes that tests launch with devices of their own drop it.
+HOST_DEVICES = '--xla_force_host_platform_device_count=8'
+
+
+def forget_gs_clients():
+  """Clears the file system etils.epath keeps for each protocol (a private lru_cache, with no
+  public way to reset it): a gs:// client another test made would otherwise outlive its server,
+  or bypass a fake file system."""
+  from etils.epath import backend  # pylint: disable=import-outside-toplevel
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
 def load_config(name, arg=None):

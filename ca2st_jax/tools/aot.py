@@ -18,8 +18,8 @@ FLOPs are 2 x the multiply-accumulates of every matrix product and convolution i
 (forward, backward and optimiser; a scan's body counted `length` times, a cond's costliest
 branch; a fused attention kernel by FlashAttention's formula on the true lengths: forward
 q k^T and p v, backward its four gradient products and one recomputation of q k^T). XLA's own
-cost analysis counts a loop body once and
-gives nothing for an uncompiled module on this target, so it is shown only as a second opinion.
+cost analysis counts a loop body once and gives nothing for an uncompiled module on this target,
+so it is shown only as a second opinion.
 The check beside it is the model's FLOPs (`tools.summary`: every product of the forward and of
 its backward over the trainable set once) x the batch.
 
