@@ -16,7 +16,7 @@ from ca2st_jax.interop import torch_import
 from ca2st_jax.interop import torch_io
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.tools import export_torch
-from tests_helpers import tiny_model_config
+from tests_helpers import run_compiled, tiny_model_config
 
 transformers = pytest.importorskip('transformers')
 
@@ -63,10 +63,10 @@ def test_hf_clip_vision_model(tmp_path):
   torch_import.import_expert(model, cfg, 'clip', str(tmp_path / 'model.safetensors'))
 
   video = video_batch(cfg)
-  x = model.spatial.embed(video)
+  x = run_compiled(model.spatial, video, method='embed')
   for block in model.spatial.blocks:
-    x = block(x)
-  ours_pooled = np.asarray(model.spatial.pool(x))
+    x = run_compiled(block, x)
+  ours_pooled = np.asarray(run_compiled(model.spatial, x, method='pool'))
   frames = torch.from_numpy(video[:, 1::2]).flatten(0, 1).permute(0, 3, 1, 2)
   with torch.no_grad():
     out = hf(pixel_values=frames)
@@ -89,9 +89,9 @@ def test_hf_videomae_model_and_classifier_head(tmp_path):
   model = build(cfg)
   torch_import.import_expert(model, cfg, 'videomae', str(tmp_path / 'base' / 'model.safetensors'))
   video = video_batch(cfg)
-  x = model.temporal.embed(video)
+  x = run_compiled(model.temporal, video, method='embed')
   for block in model.temporal.blocks:
-    x = block(x)
+    x = run_compiled(block, x)
   with torch.no_grad():
     hidden = hf(pixel_values=torch.from_numpy(video).permute(0, 1, 4, 2, 3)).last_hidden_state
   assert hidden.abs().max() > 0.5
@@ -126,15 +126,15 @@ def test_hf_ast_model(tmp_path):
   # (A save_pretrained directory is accepted as well as the file in it.)
   torch_import.import_expert(model, cfg, 'ast', str(tmp_path), ast_pos_mode='ast')
   spec = np.random.default_rng(0).standard_normal((2, cfg.spectrogram_length, cfg.num_mel_bins)).astype(np.float32)
-  x = model.audio.embed(spec)
+  x = run_compiled(model.audio, spec, method='embed')
   for block in model.audio.blocks:
-    x = block(x)
+    x = run_compiled(block, x)
   with torch.no_grad():
     out = hf(input_values=torch.from_numpy(spec))
   assert out.last_hidden_state.abs().max() > 0.5
   # ASTModel's last_hidden_state is after its final LayerNorm (our `audio.norm`).
   np.testing.assert_allclose(np.asarray(model.audio.norm(x)), out.last_hidden_state.numpy(), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(np.asarray(model.audio.pool(x)), out.pooler_output.numpy(), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(run_compiled(model.audio, x, method='pool')), out.pooler_output.numpy(), atol=1e-4, rtol=0)
 
   # The authors' loader ('reference', the default) resamples even an equal grid: 12->8->12 in
   # frequency at AudioSet size; here (2 x 5) -> (8 x 5) -> (2 x 5).

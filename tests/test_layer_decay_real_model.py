@@ -104,7 +104,7 @@ def test_layer_decay_scales_each_blocks_update():
                                                weight_decay=0.05, layer_decay=decay))
     tx, _ = optim.make_optimizer(optim_cfg, trainable, global_batch=256, total_steps=4,
                                  warmup_steps=0, layer_id_fn=models.layer_id, depth=depth)
-    upd, _ = tx.update(grads, tx.init(trainable), trainable)
+    upd, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, trainable)  # one program
     paths = ['/'.join(map(str, p)) for p in optim.flat_paths(upd)]
     updates[decay] = dict(zip(paths, [np.asarray(u) for u in jax.tree.leaves(upd)]))
   entries = torch_mapping.model_table(model, cfg)

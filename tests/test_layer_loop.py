@@ -21,7 +21,7 @@ def _batch(cfg, seed=0):
   return out
 
 
-@pytest.mark.parametrize('name', ['cast_k400', 'ca2st_vggsound'])
+@pytest.mark.parametrize('name', [pytest.param('cast_k400', marks=pytest.mark.slow), 'ca2st_vggsound'])
 def test_unrolled_layers_match_the_scan(name):
   cfg = load_config(name, 'tiny').model
   model = models.build(cfg, rngs=nnx.Rngs(0))

@@ -17,6 +17,7 @@ REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
 
 
+from tests_helpers import run_compiled
 from tests_helpers import tiny_model_config as tiny
 
 
@@ -83,16 +84,20 @@ def _space_time_exchange(seed=0):
   return exchange, spatial, temporal, slots, patches
 
 
+# The exchange compiled once per test, not run op by op.
+_exchange = nnx.jit(lambda exchange, spatial, temporal: exchange(spatial, temporal))
+
+
 def _changed(a, b):
   return np.abs(np.asarray(a) - np.asarray(b)).max(axis=-1) > 1e-6
 
 
 def test_windows_temporal_perturbation():
   exchange, spatial, temporal, slots, patches = _space_time_exchange()
-  base_s, base_t = exchange(spatial, temporal)
+  base_s, base_t = _exchange(exchange, spatial, temporal)
   k, p = 2, 1  # temporal token of slot k at patch position p, batch 0
   perturbed = temporal.at[0, k * patches + p].add(3.0)
-  new_s, new_t = exchange(spatial, perturbed)
+  new_s, new_t = _exchange(exchange, spatial, perturbed)
 
   # T2S: spatial tokens at position p change in every frame of sample 0, nothing else.
   changed_s = _changed(new_s, base_s).reshape(BATCH, slots, 1 + patches)
@@ -108,10 +113,10 @@ def test_windows_temporal_perturbation():
 
 def test_windows_spatial_perturbation():
   exchange, spatial, temporal, slots, patches = _space_time_exchange()
-  base_s, base_t = exchange(spatial, temporal)
+  base_s, base_t = _exchange(exchange, spatial, temporal)
   f, p = 1, 2  # spatial patch p of frame f, sample 1
   perturbed = spatial.at[1 * slots + f, 1 + p].add(3.0)
-  new_s, new_t = exchange(perturbed, temporal)
+  new_s, new_t = _exchange(exchange, perturbed, temporal)
   # T2S: only that spatial token (as a query) changes.
   changed_s = _changed(new_s, base_s)
   expected_s = np.zeros_like(changed_s)
@@ -126,16 +131,16 @@ def test_windows_spatial_perturbation():
 
 def test_class_token_outside_attention():
   exchange, spatial, temporal, slots, _ = _space_time_exchange()
-  base_s, base_t = exchange(spatial, temporal)
+  base_s, base_t = _exchange(exchange, spatial, temporal)
   # The class token takes no part in T2S or S2T: perturbing temporal tokens leaves its update alone...
-  new_s, _ = exchange(spatial, temporal + 1.0)
+  new_s, _ = _exchange(exchange, spatial, temporal + 1.0)
   np.testing.assert_array_equal(new_s[:, 0], base_s[:, 0])
   # ...its update is up(GELU(LN(down(cls)))) ...
   low = exchange.spatial_norm(exchange.spatial_down(spatial[:, :1]))
   np.testing.assert_allclose(base_s[:, :1], exchange.spatial_up(jax.nn.gelu(low, approximate=False)),
                              atol=1e-6)
   # ...and it is no key for S2T.
-  _, new_t = exchange(spatial.at[:, 0].add(5.0), temporal)
+  _, new_t = _exchange(exchange, spatial.at[:, 0].add(5.0), temporal)
   np.testing.assert_array_equal(new_t, base_t)
 
 
@@ -309,7 +314,7 @@ def _pre_head(model, name, batch):
           + model.audio_last_adapter(audio))
 
 
-@pytest.mark.parametrize('name', [pytest.param('cast', marks=pytest.mark.slow), 'ca2st'])
+@pytest.mark.parametrize('name', ['cast', pytest.param('ca2st', marks=pytest.mark.slow)])
 def test_bfloat16_frozen_storage_matches_float32(name):
   """Shared weights: float32 throughout vs bf16 compute with the frozen experts stored in bf16
   (cast on import). The head is set to prototypes of the batch's own float32 features, so class
@@ -369,10 +374,11 @@ def test_stacked_layers_index_like_lists():
   for i, block in enumerate(model.temporal.blocks):
     np.testing.assert_array_equal(block.attn.qkv.kernel[...], stacked[i])
   video = inputs(cfg)['video']
-  x = model.temporal.embed(video)
+  x = run_compiled(model.temporal, video, method='embed')
   for block in model.temporal.blocks:
-    x = block(x)
-  np.testing.assert_allclose(model.temporal.pool(x), model.temporal(video), atol=1e-6, rtol=1e-6)
+    x = run_compiled(block, x)
+  np.testing.assert_allclose(run_compiled(model.temporal, x, method='pool'),
+                             run_compiled(model.temporal, video), atol=1e-6, rtol=1e-6)
   with pytest.raises(IndexError):
     model.layers[3]
 

@@ -1,4 +1,5 @@
 """Small helpers shared by the tests."""
+import functools
 import pathlib
 
 from ca2st_jax import config_lib
@@ -14,6 +15,18 @@ def forget_gs_clients():
   or bypass a fake file system."""
   from etils.epath import backend  # pylint: disable=import-outside-toplevel
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+
+def run_compiled(module, *args, method='__call__'):
+  """module.method(*args) as one compiled program: run op by op, every operation of a tiny model
+  compiles on its own, which costs more than the model's whole program."""
+  return _compiled(method)(module, *args)
+
+
+@functools.cache
+def _compiled(method):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  return nnx.jit(lambda module, *args: getattr(module, method)(*args))
 
 
 def load_config(name, arg=None):

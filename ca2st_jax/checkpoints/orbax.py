@@ -89,7 +89,8 @@ class Checkpointer:
     manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step=None, best=False):
-    """(state, frozen or None, data position, meta) of `step` (default: the latest)."""
+    """(state, frozen, data position, meta) of `step` (default: the latest); frozen is None when
+    the model has frozen experts that this checkpointer does not save (save_frozen=False)."""
     manager = self.best if best else self.latest
     step = manager.latest_step() if step is None else step
     items = dict(
@@ -101,7 +102,12 @@ class Checkpointer:
           flatten(_abstract(self.abstract_frozen, self.frozen_shardings)))
     r = manager.restore(step, args=ocp.args.Composite(**items))
     state = unflatten(r["state"], self.abstract_state)
-    frozen = unflatten(r["frozen"], self.abstract_frozen) if self.save_frozen else None
+    if self.save_frozen:
+      frozen = unflatten(r["frozen"], self.abstract_frozen)
+    elif not jax.tree.leaves(self.abstract_frozen):
+      frozen = self.abstract_frozen  # a model with nothing frozen: nothing to rebuild
+    else:
+      frozen = None
     return state, frozen, r["data"], r["meta"]
 
   def restore_newest_good(self):
