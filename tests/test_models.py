@@ -363,6 +363,62 @@ def test_bfloat16_frozen_storage_matches_float32(name):
   np.testing.assert_array_equal(exported['head/kernel'], original['head/kernel'])
 
 
+def _separable_clips(cfg, n, seed):
+  """n clips of `cfg`'s shapes whose class (8 classes) shows in both the frames and the audio: a
+  fixed pattern per class under noise, so that a briefly trained model separates them."""
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (8, cfg.num_frames, cfg.image_size, cfg.image_size, 3))
+  sound = rng.standard_normal((8, cfg.spectrogram_length, cfg.num_mel_bins))
+  labels = np.random.default_rng(seed).integers(0, 8, n).astype(np.int32)
+  noise = np.random.default_rng(seed + 1)
+  video = np.clip(frames[labels] + noise.normal(0, 20, (n, *frames.shape[1:])), 0, 255)
+  slots = 1 + cfg.num_frames // cfg.tubelet_size
+  starts = np.arange(slots, dtype=np.float32) * 0.25
+  return dict(video=video.astype(np.uint8), label=labels,
+              audio=(sound[labels] + noise.normal(0, 0.3, (n, *sound.shape[1:]))).astype(np.float32),
+              audio_times=np.broadcast_to(np.stack([starts, starts + 0.25], -1), (n, slots, 2)).copy(),
+              has_audio=np.ones(n, bool))
+
+
+@pytest.mark.slow
+def test_bfloat16_keeps_the_top1_of_a_briefly_trained_demo_model(tmp_path):
+  """The demo's recipe trained for 80 steps in float32 through the trainer, then run in float32
+  and with bf16 compute on one batch: the same top-1 for every clip, logits within a few percent
+  of their scale."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ca2st_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  from sources import InMemorySource  # pylint: disable=import-outside-toplevel
+  from tests_helpers import load_config  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  config = load_config('demo')
+  config.train.update(total_steps=80, warmup_steps=4, log_every=20, eval_every=0, ckpt_every=80)
+  config.post.update(report=False, export_torch=False, predict_command=False)
+  config.ckpt['async'] = False
+  train = _separable_clips(config.model, 256, seed=1)
+  test = _separable_clips(config.model, 16, seed=2)
+  source = InMemorySource(train, test, global_batch=16, eval_batch_size=16)
+  result = trainer.train_and_evaluate(config, str(tmp_path), 'train_and_eval', source=source)
+  assert result['top1'] >= 0.75, result  # it learnt the classes (chance: 1 in 8)
+
+  arrays = torch_mapping.model_arrays(trainer.restore_model(config, str(tmp_path))[0])
+  fp32 = models.build(config.model, rngs=nnx.Rngs(0))
+  config.model.dtype = 'bfloat16'
+  bf16 = models.build(config.model, rngs=nnx.Rngs(0))
+  for model in (fp32, bf16):
+    torch_mapping.assign(model, arrays)
+  batch = dict(video=trainer.normalized_video(jnp.asarray(test['video'])),
+               audio=jnp.asarray(test['audio']), audio_times=jnp.asarray(test['audio_times']))
+  logits = nnx.jit(lambda model, inputs: model(**inputs)['label'])
+  logits_32 = np.asarray(logits(fp32, batch))
+  logits_16 = np.asarray(logits(bf16, batch), np.float32)
+  # The float32 model here is the one the trainer evaluated.
+  assert (logits_32.argmax(-1) == test['label']).mean() == pytest.approx(result['top1'])
+  assert logits(bf16, batch).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(logits_16.argmax(-1), logits_32.argmax(-1))
+  assert np.abs(logits_16 - logits_32).max() < 0.05 * np.abs(logits_32).max()
+
+
 def test_stacked_layers_index_like_lists():
   """`blocks[i]` / iteration give layer i as a standalone module: slice i of every stacked
   parameter; running them one by one equals the scanned expert."""

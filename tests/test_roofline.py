@@ -39,6 +39,46 @@ def test_loop_body_runs_its_trip_count_and_slices_count_as_the_slice():
   assert r['seconds'] == pytest.approx(48 * 3e-6, rel=0.01)
 
 
+@pytest.mark.parametrize('start,condition,trips', [
+    (0, 'compare(%ci, %n), direction=LT', 12),   # the TPU compiler's loops carry no trip count
+    (2, 'compare(%ci, %n), direction=LT', 10),
+    (0, 'compare(%n, %ci), direction=GT', 12),
+    (0, 'compare(%ci, %n), direction=LE', 13),
+    (0, 'compare(%ci, %n), direction=NE', 1),    # not a counted loop: once
+])
+def test_trips_from_the_condition_without_a_known_trip_count(start, condition, trips):
+  hlo = open(FIXTURE).read().replace(', backend_config={"known_trip_count":{"n":"12"}}', '')
+  hlo = hlo.replace('%start = s32[] constant(0)', f'%start = s32[] constant({start})')
+  hlo = hlo.replace('compare(%ci, %n), direction=LT', condition)
+  assert 'known_trip_count' not in hlo
+  found = roofline.kernels(roofline.parse(hlo), train=False)
+  assert len(found) == 4 and all(k.runs == trips for k in found)
+
+
+_CONVOLUTION = """HloModule conv
+
+ENTRY %main (x: f32[2,{n},3], w: f32[{k},3,4]) -> f32[2,{out},4] {{
+  %x = f32[2,{n},3]{{2,1,0}} parameter(0)
+  %w = f32[{k},3,4]{{2,1,0}} parameter(1)
+  ROOT %y = f32[2,{out},4]{{2,1,0}} convolution(%x, %w), window={{{window}}}, dim_labels=b0f_0io->b0f
+}}
+"""
+
+
+@pytest.mark.parametrize('n,k,out,window,pairs', [
+    (12, 3, 10, 'size=3', 30),                                   # every tap meets the input
+    (12, 12, 23, 'size=12 pad=11_11', 144),                      # mostly padding: 12 x 12 meet
+    (5, 5, 5, 'size=5 stride=4 lhs_dilate=5', 5),                # one tap per output (TPU's
+    (6, 2, 6, 'size=2 stride=2 pad=0_1 lhs_dilate=2', 6),        # batched matmuls)
+])
+def test_convolution_flops_count_the_taps_that_meet_the_input(n, k, out, window, pairs):
+  """2 x batch x output features x input features x the (output, tap) pairs that land on an
+  input value, not on padding or the holes of a dilated input."""
+  module = roofline.parse(_CONVOLUTION.format(n=n, k=k, out=out, window=window))
+  [kernel] = roofline.kernels(module, train=False)
+  assert kernel.flops == 2 * 2 * 4 * 3 * pairs
+
+
 def test_compiled_scan_counts_every_trip():
   def f(x, ws):
     return jax.lax.scan(lambda c, w: (jnp.tanh(c @ w), None), x, ws)[0]

@@ -6,11 +6,14 @@ and how long a target chip needs for it.
 
 Every top-level instruction of the optimised program that is not bookkeeping (parameter, tuple,
 get-tuple-element, bitcast, constant, ...) is one kernel; the bodies of loops run once per trip
-(XLA's `known_trip_count`; a loop without one, such as a rejection sampler, counts once), called
+(XLA's `known_trip_count`, or where a program has none, as the TPU compiler's do, the bound that
+its condition compares a counter with, less the counter's start; a loop whose condition is no
+such comparison, such as a rejection sampler, counts once), called
 computations (command buffers, conditionals) once per call. Per kernel:
 
 - FLOPs: 2 x the multiply-accumulates of its dots and convolutions (cuBLAS / cuDNN custom calls
-  included), nothing for elementwise work;
+  included; of a convolution, only the window taps that meet an input value, not padding or the
+  holes of a dilated input), nothing for elementwise work;
 - bytes: its operands and results, except where XLA reads a slice of a buffer or updates one in
   place (a scan's per-layer weights and saved activations): a dynamic-slice reads its slice, a
   dynamic-update-slice writes its update and does not read the buffer, inside a fusion too and
@@ -169,6 +172,30 @@ def _kernel_result_type(inst: Instruction) -> str:
 
 
 # -------------------------------------------------------------------------------------------- FLOPs
+def _window_field(attrs: str, key: str, i: int, default: int) -> int:
+  found = re.search(r'window=\{[^}]*\b' + key + r'=([0-9x_]+)', attrs)
+  if not found:
+    return default
+  return int(found.group(1).split('x')[i].split('_')[0])
+
+
+def _window_taps(attrs: str, i: int, size: int, window: int, outputs: int) -> int:
+  """(output position, window tap) pairs of spatial dimension i of a convolution that meet an
+  input value, not padding or the holes of a dilated input. The TPU compiler writes batched
+  matmuls and weight gradients as convolutions whose windows are mostly padding."""
+  stride, dilation = _window_field(attrs, 'stride', i, 1), _window_field(attrs, 'lhs_dilate', i, 1)
+  rhs_dilation = _window_field(attrs, 'rhs_dilate', i, 1)
+  pad = re.search(r'window=\{[^}]*\bpad=([0-9_x\-]+)', attrs)
+  low = int(pad.group(1).split('x')[i].split('_')[0]) if pad else 0
+  dilated = (size - 1) * dilation + 1
+  pairs = 0
+  for o in range(outputs):
+    for t in range(window):
+      p = o * stride + t * rhs_dilation - low
+      pairs += 0 <= p < dilated and p % dilation == 0
+  return pairs
+
+
 def _dot_flops(module, comp, inst) -> int:
   """2 x MACs of a dot, a cuBLAS gemm custom call or a convolution (0 for anything else)."""
   operand_types = _operand_types(module, comp, inst)
@@ -182,14 +209,19 @@ def _dot_flops(module, comp, inst) -> int:
     lhs = _dims(operand_types[0]) if operand_types else []
     return 2 * _elements(inst.type) * math.prod(lhs[d] for d in contracting if d < len(lhs))
   if inst.op == 'convolution' or (inst.op == 'custom-call' and '$conv' in inst.attrs):
-    labels = re.search(r'dim_labels=\w+_(\w+)->', inst.attrs)
+    labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', inst.attrs)
     if not labels or len(operand_types) < 2:
       return 0
-    kernel = _dims(operand_types[1])
-    out_features = kernel[labels.group(1).index('o')]
-    groups = re.search(r'feature_group_count=(\d+)', inst.attrs)
-    groups = int(groups.group(1)) if groups else 1
-    return 2 * _elements(inst.type) * math.prod(kernel) // out_features // groups * groups
+    lhs_labels, kernel_labels, out_labels = labels.groups()
+    lhs, kernel, out = _dims(operand_types[0]), _dims(operand_types[1]), _dims(inst.type)
+    spatial = [c for c in out_labels if c.isdigit()]
+    positions = math.prod(out[out_labels.index(c)] for c in spatial)
+    taps = 1
+    for i, c in enumerate(spatial):
+      taps *= _window_taps(inst.attrs, i, lhs[lhs_labels.index(c)], kernel[kernel_labels.index(c)],
+                           out[out_labels.index(c)])
+    # Per output position: every input feature of its group at every tap that meets the input.
+    return 2 * (_elements(inst.type) // max(positions, 1)) * kernel[kernel_labels.index('i')] * taps
   return 0
 
 
@@ -317,6 +349,49 @@ def _group(module, comp, inst, body, flops, train: bool) -> str:
   return 'other elementwise'
 
 
+def _constant(module: Module, comp: str, name: str) -> int | None:
+  """The integer value of `name` in `comp`, through copies and bitcasts; None if not a constant."""
+  inst = module.by_name[comp].get(name)
+  while inst is not None and inst.op in ('copy', 'bitcast') and inst.operands:
+    inst = module.by_name[comp].get(inst.operands[0])
+  if inst is None or inst.op != 'constant':
+    return None
+  try:
+    return int(inst.operand_text.strip())
+  except ValueError:
+    return None
+
+
+def trip_count(module: Module, comp: str, loop: Instruction) -> int:
+  """Trips of a while loop: XLA's known_trip_count, else from a condition `counter < bound`
+  (or `bound > counter`) with the counter's start a constant of the loop's initial tuple; 1
+  when neither says."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attrs)
+  if known:
+    return int(known.group(1))
+  condition = loop.attr('condition')
+  body = module.by_name.get(condition, {})
+  compare = body.get(module.roots.get(condition))
+  direction = re.search(r'direction=(\w+)', compare.attrs) if compare is not None else None
+  if compare is None or compare.op != 'compare' or not direction or len(compare.operands) != 2:
+    return 1
+  counter, bound = compare.operands
+  if direction.group(1) in ('GT', 'GE'):
+    counter, bound = bound, counter
+  elif direction.group(1) not in ('LT', 'LE'):
+    return 1
+  counter, limit = body.get(counter), _constant(module, condition, bound)
+  if counter is None or counter.op != 'get-tuple-element' or limit is None:
+    return 1
+  index = int(re.search(r'index=(\d+)', counter.attrs).group(1))
+  initial = module.by_name[comp].get(loop.operands[0]) if loop.operands else None
+  start = (_constant(module, comp, initial.operands[index])
+           if initial is not None and initial.op == 'tuple' and index < len(initial.operands)
+           else None)
+  trips = limit - (start or 0) + (direction.group(1) in ('LE', 'GE'))
+  return max(trips, 1)
+
+
 def kernels(module: Module, *, train: bool) -> list[Kernel]:
   """Every kernel of one run of the program, with its runs per step, FLOPs and bytes per run."""
   found = []
@@ -326,8 +401,7 @@ def kernels(module: Module, *, train: bool) -> list[Kernel]:
       raise ValueError(f'HLO calls nest deeper than 32 computations at {comp}')
     for inst in module.computations.get(comp, []):
       if inst.op == 'while':
-        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', inst.attrs)
-        walk(inst.attr('body'), runs * (int(trips.group(1)) if trips else 1), depth + 1)
+        walk(inst.attr('body'), runs * trip_count(module, comp, inst), depth + 1)
         continue
       if inst.op in ('call', 'conditional'):
         for callee in _called(inst):
