@@ -12,6 +12,7 @@ from flax import nnx
 from ca2st_jax import config_lib, models
 from ca2st_jax.interop import torch_mapping
 from ca2st_jax.models import bca
+from ca2st_jax.models import layers
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'reference'
 BATCH = 2
@@ -250,6 +251,22 @@ def test_drop_path_only_in_training():
   train_2 = run(model, video, deterministic=False)
   assert not np.allclose(train_1, train_2)
   assert not np.allclose(train_1, eval_1)
+
+
+def test_drop_path_draws_a_fresh_mask_per_call_from_one_split():
+  """A layer's DropPath draws each call's per-sample mask from its own key of one split of the
+  layer key; more draws than DropPath.MAX_DRAWS are refused, not silently repeated."""
+  key = jax.random.key(0)
+  drop = layers.DropPath(0.5, key)
+  x = jnp.ones((64, 3, 4))
+  masks = [np.asarray(drop(x, sample_axis=0))[:, 0, 0] for _ in range(drop.MAX_DRAWS)]
+  assert all(set(np.unique(m)) <= {0.0, 2.0} for m in masks)  # 0 or 1 / keep_prob, per sample
+  assert len({m.tobytes() for m in masks}) == drop.MAX_DRAWS
+  keys = jax.random.split(key, drop.MAX_DRAWS)
+  np.testing.assert_array_equal(masks[3], 2.0 * jax.random.bernoulli(keys[3], 0.5, (64, 1, 1))[:, 0, 0])
+  with pytest.raises(ValueError, match='MAX_DRAWS'):
+    drop(x, sample_axis=0)
+  np.testing.assert_array_equal(layers.NO_DROP_PATH(x, sample_axis=0), x)
 
 
 @pytest.mark.parametrize('field,value,message', [

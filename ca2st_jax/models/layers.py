@@ -61,19 +61,31 @@ class DropPath:
   tensors), so the axis is explicit. `DropPath(None, None)` is the identity (eval, or rate 0).
   """
 
+  # Draws per layer call: CA²ST's layers with the audio exchanges make 10.
+  MAX_DRAWS = 16
+
   def __init__(self, rate, key):
     self.rate = rate
     self.key = key
+    self.keys = None
     self.calls = 0
 
   def __call__(self, x, *, sample_axis: int):
     if self.rate is None:
       return x
+    if self.keys is None:
+      # One split for all of the layer's draws: a fold_in per draw is ~100 scalar kernels on a
+      # TPU (scalar integer work does not fuse there) and a few more kernels on a GPU.
+      self.keys = jax.random.split(self.key, self.MAX_DRAWS)
+    if self.calls == self.MAX_DRAWS:
+      raise ValueError(f'a layer drew drop-path masks more than DropPath.MAX_DRAWS = '
+                       f'{self.MAX_DRAWS} times; raise it')
+    key = self.keys[self.calls]
     self.calls += 1
     shape = [1] * x.ndim
     shape[sample_axis] = x.shape[sample_axis]
     keep_prob = 1.0 - self.rate
-    keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.calls), keep_prob, shape)
+    keep = jax.random.bernoulli(key, keep_prob, shape)
     # A multiply by the per-sample 0/1 mask (not a select): the backward keeps that mask, not a
     # full-size one.
     return (x.astype(jnp.float32) / keep_prob * keep.astype(jnp.float32)).astype(x.dtype)
