@@ -134,7 +134,8 @@ def test_hf_ast_model(tmp_path):
   assert out.last_hidden_state.abs().max() > 0.5
   # ASTModel's last_hidden_state is after its final LayerNorm (our `audio.norm`).
   np.testing.assert_allclose(np.asarray(model.audio.norm(x)), out.last_hidden_state.numpy(), atol=1e-4, rtol=0)
-  np.testing.assert_allclose(np.asarray(run_compiled(model.audio, x, method='pool')), out.pooler_output.numpy(), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(np.asarray(run_compiled(model.audio, x, method='pool')),
+                             out.pooler_output.numpy(), atol=1e-4, rtol=0)
 
   # The authors' loader ('reference', the default) resamples even an equal grid: 12->8->12 in
   # frequency at AudioSet size; here (2 x 5) -> (8 x 5) -> (2 x 5).

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -183,17 +184,19 @@ def _window_taps(attrs: str, i: int, size: int, window: int, outputs: int) -> in
   """(output position, window tap) pairs of spatial dimension i of a convolution that meet an
   input value, not padding or the holes of a dilated input. The TPU compiler writes batched
   matmuls and weight gradients as convolutions whose windows are mostly padding."""
-  stride, dilation = _window_field(attrs, 'stride', i, 1), _window_field(attrs, 'lhs_dilate', i, 1)
-  rhs_dilation = _window_field(attrs, 'rhs_dilate', i, 1)
   pad = re.search(r'window=\{[^}]*\bpad=([0-9_x\-]+)', attrs)
-  low = int(pad.group(1).split('x')[i].split('_')[0]) if pad else 0
+  return _taps(_window_field(attrs, 'stride', i, 1), _window_field(attrs, 'lhs_dilate', i, 1),
+               _window_field(attrs, 'rhs_dilate', i, 1),
+               int(pad.group(1).split('x')[i].split('_')[0]) if pad else 0, size, window, outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _taps(stride, dilation, rhs_dilation, low, size, window, outputs) -> int:
   dilated = (size - 1) * dilation + 1
-  pairs = 0
-  for o in range(outputs):
-    for t in range(window):
-      p = o * stride + t * rhs_dilation - low
-      pairs += 0 <= p < dilated and p % dilation == 0
-  return pairs
+  return sum(0 <= p < dilated and p % dilation == 0
+             for o in range(outputs) for p in range(o * stride - low,
+                                                    o * stride - low + window * rhs_dilation,
+                                                    rhs_dilation))
 
 
 def _dot_flops(module, comp, inst) -> int:
