@@ -56,15 +56,14 @@ def test_zero_init_experts_unchanged(name):
   video_only = name.startswith('cast')
   # Compiled once each, not run op by op.
   features = nnx.jit(lambda m, b: m.features(b['video']) if video_only else m.features(**b))
-  expert = nnx.jit(lambda module, x: module(x))
   fused = features(model, batch)
   if video_only:
-    alone = (expert(model.spatial, batch['video']), expert(model.temporal, batch['video']))
+    experts = ((model.spatial, 'video'), (model.temporal, 'video'))
   elif name == 'cava':
-    alone = (expert(model.audio, batch['audio']), expert(model.spatial, batch['video']))
+    experts = ((model.audio, 'audio'), (model.spatial, 'video'))
   else:
-    alone = (expert(model.spatial, batch['video']), expert(model.temporal, batch['video']),
-             expert(model.audio, batch['audio']))
+    experts = ((model.spatial, 'video'), (model.temporal, 'video'), (model.audio, 'audio'))
+  alone = [run_compiled(expert, batch[key]) for expert, key in experts]
   for inside, outside in zip(fused, alone):
     np.testing.assert_allclose(inside, outside, atol=1e-5, rtol=1e-5)
   # Non-trivial only if the exchanges would change the features once trained.
@@ -85,9 +84,6 @@ def _space_time_exchange(seed=0):
   return exchange, spatial, temporal, slots, patches
 
 
-# The exchange compiled once per test, not run op by op.
-_exchange = nnx.jit(lambda exchange, spatial, temporal: exchange(spatial, temporal))
-
 
 def _changed(a, b):
   return np.abs(np.asarray(a) - np.asarray(b)).max(axis=-1) > 1e-6
@@ -95,10 +91,10 @@ def _changed(a, b):
 
 def test_windows_temporal_perturbation():
   exchange, spatial, temporal, slots, patches = _space_time_exchange()
-  base_s, base_t = _exchange(exchange, spatial, temporal)
+  base_s, base_t = run_compiled(exchange, spatial, temporal)
   k, p = 2, 1  # temporal token of slot k at patch position p, batch 0
   perturbed = temporal.at[0, k * patches + p].add(3.0)
-  new_s, new_t = _exchange(exchange, spatial, perturbed)
+  new_s, new_t = run_compiled(exchange, spatial, perturbed)
 
   # T2S: spatial tokens at position p change in every frame of sample 0, nothing else.
   changed_s = _changed(new_s, base_s).reshape(BATCH, slots, 1 + patches)
@@ -114,10 +110,10 @@ def test_windows_temporal_perturbation():
 
 def test_windows_spatial_perturbation():
   exchange, spatial, temporal, slots, patches = _space_time_exchange()
-  base_s, base_t = _exchange(exchange, spatial, temporal)
+  base_s, base_t = run_compiled(exchange, spatial, temporal)
   f, p = 1, 2  # spatial patch p of frame f, sample 1
   perturbed = spatial.at[1 * slots + f, 1 + p].add(3.0)
-  new_s, new_t = _exchange(exchange, perturbed, temporal)
+  new_s, new_t = run_compiled(exchange, perturbed, temporal)
   # T2S: only that spatial token (as a query) changes.
   changed_s = _changed(new_s, base_s)
   expected_s = np.zeros_like(changed_s)
@@ -132,16 +128,16 @@ def test_windows_spatial_perturbation():
 
 def test_class_token_outside_attention():
   exchange, spatial, temporal, slots, _ = _space_time_exchange()
-  base_s, base_t = _exchange(exchange, spatial, temporal)
+  base_s, base_t = run_compiled(exchange, spatial, temporal)
   # The class token takes no part in T2S or S2T: perturbing temporal tokens leaves its update alone...
-  new_s, _ = _exchange(exchange, spatial, temporal + 1.0)
+  new_s, _ = run_compiled(exchange, spatial, temporal + 1.0)
   np.testing.assert_array_equal(new_s[:, 0], base_s[:, 0])
   # ...its update is up(GELU(LN(down(cls)))) ...
   low = exchange.spatial_norm(exchange.spatial_down(spatial[:, :1]))
   np.testing.assert_allclose(base_s[:, :1], exchange.spatial_up(jax.nn.gelu(low, approximate=False)),
                              atol=1e-6)
   # ...and it is no key for S2T.
-  _, new_t = _exchange(exchange, spatial.at[:, 0].add(5.0), temporal)
+  _, new_t = run_compiled(exchange, spatial.at[:, 0].add(5.0), temporal)
   np.testing.assert_array_equal(new_t, base_t)
 
 

@@ -174,7 +174,9 @@ def _kernel_result_type(inst: Instruction) -> str:
 
 # -------------------------------------------------------------------------------------------- FLOPs
 def _window_field(attrs: str, key: str, i: int, default: int) -> int:
-  found = re.search(r'window=\{[^}]*\b' + key + r'=([0-9x_]+)', attrs)
+  """Dimension i of a convolution window's `key` (size, stride, pad, lhs_dilate, rhs_dilate);
+  of a pad, its low side."""
+  found = re.search(r'window=\{[^}]*\b' + key + r'=([0-9x_\-]+)', attrs)
   if not found:
     return default
   return int(found.group(1).split('x')[i].split('_')[0])
@@ -184,10 +186,9 @@ def _window_taps(attrs: str, i: int, size: int, window: int, outputs: int) -> in
   """(output position, window tap) pairs of spatial dimension i of a convolution that meet an
   input value, not padding or the holes of a dilated input. The TPU compiler writes batched
   matmuls and weight gradients as convolutions whose windows are mostly padding."""
-  pad = re.search(r'window=\{[^}]*\bpad=([0-9_x\-]+)', attrs)
   return _taps(_window_field(attrs, 'stride', i, 1), _window_field(attrs, 'lhs_dilate', i, 1),
-               _window_field(attrs, 'rhs_dilate', i, 1),
-               int(pad.group(1).split('x')[i].split('_')[0]) if pad else 0, size, window, outputs)
+               _window_field(attrs, 'rhs_dilate', i, 1), _window_field(attrs, 'pad', i, 0),
+               size, window, outputs)
 
 
 @functools.lru_cache(maxsize=None)
