@@ -16,6 +16,11 @@ from ca2st_jax.models import layers
 ON_GPU = jax.default_backend() == "gpu"
 
 
+def _value_and_grads(loss, q, k, v):
+  """loss(q, k, v) and its gradients, compiled as one program (op by op, each op compiles)."""
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
 def _qkv(q_len, k_len, batch=2, heads=2, head_dim=32, dtype=jnp.float32, seed=0):
   rng = np.random.default_rng(seed)
   make = lambda length: jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), dtype)
@@ -63,9 +68,9 @@ def test_tpu_flash_kernel_matches_xla_values_and_gradients(q_len, k_len):
   from jax.experimental.pallas import tpu as pltpu
   q, k, v = _qkv(q_len, k_len)
   loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(layers.attention(q, k, v, impl)))
-  want, want_grads = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  want, want_grads = _value_and_grads(loss("xla"), q, k, v)
   with pltpu.force_tpu_interpret_mode():
-    got, got_grads = jax.value_and_grad(loss("tpu_flash"), argnums=(0, 1, 2))(q, k, v)
+    got, got_grads = _value_and_grads(loss("tpu_flash"), q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, atol=2e-5)
@@ -77,9 +82,9 @@ def test_odd_lengths_padded_and_masked_give_the_unpadded_attention(q_len, k_len)
   of the attention on the sequences padded to even lengths equal the unpadded attention's."""
   q, k, v = _qkv(q_len, k_len)
   loss = lambda attend: lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)))
-  want, want_grads = jax.value_and_grad(loss(layers._xla_attention), argnums=(0, 1, 2))(q, k, v)
+  want, want_grads = _value_and_grads(loss(layers._xla_attention), q, k, v)
   padded = lambda q, k, v: layers._even_length_attention(q, k, v, "xla")
-  got, got_grads = jax.value_and_grad(loss(padded), argnums=(0, 1, 2))(q, k, v)
+  got, got_grads = _value_and_grads(loss(padded), q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(got_grads, want_grads):
     assert g.shape == w.shape
@@ -104,7 +109,7 @@ def test_tpu_flash_runs_per_batch_shard_under_a_mesh(monkeypatch):
   mesh = mesh_lib.make_mesh({"data": 4, "fsdp": 2})
   q, k, v = _qkv(130, 140, batch=8)
   loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(layers.attention(q, k, v, impl)))
-  want, want_grads = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  want, want_grads = _value_and_grads(loss("xla"), q, k, v)
   sharded = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
 
   def step(q, k, v):
@@ -124,13 +129,14 @@ def test_tpu_flash_runs_per_batch_shard_under_a_mesh(monkeypatch):
 def test_tpu_flash_keeps_short_windows_on_xla():
   # CAST's T2S windows have 8 keys: padding them to a 128 block would be mostly waste.
   q, k, v = _qkv(8, 8)
-  np.testing.assert_array_equal(layers.attention(q, k, v, "tpu_flash"),
-                                jax.nn.dot_product_attention(q, k, v, implementation="xla"))
+  np.testing.assert_array_equal(
+      jax.jit(lambda q, k, v: layers.attention(q, k, v, "tpu_flash"))(q, k, v),
+      jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))(q, k, v))
 
 
 def test_model_modules_use_the_resolved_kernel():
   cfg = config_lib.tiny(config_lib.model_config("ca2st", attention="xla"))
-  model = models.build(cfg, rngs=nnx.Rngs(0))
+  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
   kernels = {m.implementation for _, m in nnx.iter_graph(model) if hasattr(m, "implementation")}
   assert kernels == {"xla"}
 

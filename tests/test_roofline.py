@@ -157,6 +157,18 @@ def test_in_place_update_of_a_donated_stack_counts_the_update():
   assert 2 * x.nbytes <= total < 4 * x.nbytes < stacked.nbytes / 8
 
 
+@pytest.mark.parametrize('layer', [lambda stacked: stacked[3], lambda stacked: stacked[3] * 2,
+                                   lambda stacked: jnp.tanh(stacked[3]) + stacked[5]],
+                         ids=['alone', 'fused', 'two layers'])
+def test_a_layer_read_out_of_a_stack_counts_the_layer(layer):
+  """An unrolled layer's weight: a static slice of the [12, ...] stack, alone or fused."""
+  stacked = jnp.ones((12, 128, 128), jnp.float32)
+  hlo = jax.jit(layer).lower(stacked).compile().as_text()
+  total = sum(roofline.bytes_by_group(hlo, train=False).values())
+  layer_bytes = stacked.nbytes // 12
+  assert 2 * layer_bytes <= total <= 3 * layer_bytes, hlo
+
+
 def test_pallas_flash_kernels_costed_by_their_products():
   hlo = open(TPU_FIXTURE).read()
   r = roofline.roofline(hlo, 'v5e-1', train=True)

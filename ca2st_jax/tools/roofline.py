@@ -15,9 +15,10 @@ computations (command buffers, conditionals) once per call. Per kernel:
   included; of a convolution, only the window taps that meet an input value, not padding or the
   holes of a dilated input), nothing for elementwise work;
 - bytes: its operands and results, except where XLA reads a slice of a buffer or updates one in
-  place (a scan's per-layer weights and saved activations): a dynamic-slice reads its slice, a
-  dynamic-update-slice writes its update and does not read the buffer, inside a fusion too and
-  through the bitcasts XLA puts between the buffer and the slice;
+  place (a scan's per-layer weights and saved activations, an unrolled layer's weights): a slice
+  or dynamic-slice reads its slice, a dynamic-update-slice writes its update and does not read
+  the buffer, inside a fusion too and through the bitcasts XLA puts between the buffer and the
+  slice;
 - time: max(FLOPs / (peak x matmul efficiency), bytes / (bandwidth x bandwidth efficiency)) plus
   the target's per-kernel overhead.
 
@@ -267,7 +268,7 @@ def _fusion_bytes(module: Module, fused: str, operand_types: list[str], result_t
   read = 0
   for position, type_text in enumerate(operand_types):
     seen = _through_bitcasts(body, users, params.get(position))
-    if seen and all(u.op == 'dynamic-slice' and p == 0 for u, p in seen):
+    if seen and all(u.op in ('slice', 'dynamic-slice') and p == 0 for u, p in seen):
       read += sum(array_bytes(u.type) for u, _ in seen)
     elif not (seen and all(u.op == 'dynamic-update-slice' and p == 0 for u, p in seen)):
       read += array_bytes(type_text)
@@ -289,7 +290,7 @@ def _fusion_bytes(module: Module, fused: str, operand_types: list[str], result_t
 def _bytes(module: Module, comp: str, inst: Instruction) -> int:
   operand_types = _operand_types(module, comp, inst)
   result = _kernel_result_type(inst)
-  if inst.op == 'dynamic-slice':
+  if inst.op in ('slice', 'dynamic-slice'):
     return 2 * array_bytes(result)
   if inst.op == 'dynamic-update-slice' and len(operand_types) > 1:
     return 2 * array_bytes(operand_types[1])
