@@ -40,8 +40,7 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       attention='auto',         # 'auto' | 'xla' | 'cudnn' | 'tpu_flash' (models.layers.resolve_attention)
       store_frozen_in_compute_dtype=True,  # frozen expert weights in `dtype` (bf16), not fp32
       remat='none',             # 'none' | 'full' | 'dots': recompute each layer in the backward pass
-      unroll_layers=False,      # trace the layers one by one instead of scanning one stacked layer:
-                                # less memory traffic per step (docs/benchmarks.md), slower compile
+      layer_loop='auto',        # 'auto' | 'scan' | 'unroll' (models.layers.resolve_layer_loop)
       # CAVA / CA²ST exchange switches, reference defaults.
       audio_exchange_start=9,   # CA: first layer with the audio pairs (0 = all layers)
       exchange_method='seq',    # 'seq': S&T, then A&S, then A&T; 'add': their mean

@@ -1,4 +1,5 @@
-"""config.model.unroll_layers: the layers traced one by one compute what the scanned layer does."""
+"""config.model.layer_loop: the layers traced one by one compute what the scanned layer does; 'auto'
+unrolls them on the accelerators only."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from flax import nnx
 
 from ca2st_jax import models
+from ca2st_jax.models import layers
 from tests_helpers import load_config
 
 
@@ -24,11 +26,12 @@ def _batch(cfg, seed=0):
 @pytest.mark.parametrize('name', [pytest.param('cast_k400', marks=pytest.mark.slow), 'ca2st_vggsound'])
 def test_unrolled_layers_match_the_scan(name):
   cfg = load_config(name, 'tiny').model
+  cfg.layer_loop = 'scan'
   model = models.build(cfg, rngs=nnx.Rngs(0))
   graphdef, trainable, rest = nnx.split(model, models.TRAINABLE, ...)
   trainable = jax.tree.map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
                            trainable)  # zero-initialised adapters would hide the layers' work
-  cfg.unroll_layers = True
+  cfg.layer_loop = 'unroll'
   unrolled = nnx.split(models.build(cfg, rngs=nnx.Rngs(0)), models.TRAINABLE, ...)[0]
   batch = _batch(cfg)
 
@@ -42,3 +45,22 @@ def test_unrolled_layers_match_the_scan(name):
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('platform,loop', [('gpu', 'unroll'), ('tpu', 'unroll'), ('cpu', 'scan')])
+def test_auto_unrolls_on_the_accelerators(platform, loop):
+  assert layers.resolve_layer_loop('auto', platform) == loop
+  assert layers.resolve_layer_loop('scan', platform) == 'scan'
+
+
+def test_the_model_runs_the_resolved_loop():
+  """On this CPU 'auto' scans: one while loop per stack of layers; 'unroll' leaves none."""
+  cfg = load_config('cast_k400', 'tiny').model
+  loops = {}
+  for loop in ('auto', 'unroll'):
+    cfg.layer_loop = loop
+    model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+    video = jax.ShapeDtypeStruct(models.batch_spec(cfg, 1)['video'].shape, jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda m, v: m(video=v, deterministic=True))(model, video)
+    loops[loop] = str(jaxpr).count('scan[')
+  assert loops['auto'] > 0 and loops['unroll'] == 0

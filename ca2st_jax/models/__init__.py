@@ -56,6 +56,8 @@ def check_config(cfg):
     fail('dtype', "expected 'float32' or 'bfloat16'")
   if cfg.attention not in layers.ATTENTION_IMPLEMENTATIONS:
     fail('attention', f'expected one of {layers.ATTENTION_IMPLEMENTATIONS}')
+  if cfg.layer_loop not in layers.LAYER_LOOPS:
+    fail('layer_loop', f'expected one of {layers.LAYER_LOOPS}')
   if cfg.remat not in ('none', 'full', 'dots'):
     fail('remat', "expected 'none', 'full' or 'dots'")
   for field in ('width', 'depth', 'num_heads', 'mlp_dim', 'adapter_dim', 'bottleneck_dim'):

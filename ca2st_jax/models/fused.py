@@ -111,7 +111,7 @@ class CAST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    self.unroll = cfg.unroll_layers  # layers.run_stacks
+    self.unroll = layers.resolve_layer_loop(cfg.layer_loop) == 'unroll'  # layers.run_stacks
     self.compositional = cfg.name == 'cast_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)
@@ -196,7 +196,7 @@ class CAVA(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    self.unroll = cfg.unroll_layers  # layers.run_stacks
+    self.unroll = layers.resolve_layer_loop(cfg.layer_loop) == 'unroll'  # layers.run_stacks
     self.compositional = cfg.name == 'cava_compositional'
     self.audio = AudioExpert(cfg, dtype=dtype, rngs=rngs)
     # The reference builds CAVA's CLIP ln_post with the VideoMAE-style eps.
@@ -327,7 +327,7 @@ class CA2ST(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = dtype_of(cfg)
     self.remat = cfg.remat
-    self.unroll = cfg.unroll_layers  # layers.run_stacks
+    self.unroll = layers.resolve_layer_loop(cfg.layer_loop) == 'unroll'  # layers.run_stacks
     self.compositional = cfg.name == 'ca2st_compositional'
     self.spatial = SpatialExpert(cfg, dtype=dtype, rngs=rngs)
     self.temporal = TemporalExpert(cfg, dtype=dtype, rngs=rngs)

@@ -119,6 +119,7 @@ class Mlp(nnx.Module):
 
 
 ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash')
+LAYER_LOOPS = ('auto', 'scan', 'unroll')
 # The TPU flash kernel works on blocks of 128 positions; shorter key sequences (CAST's 8-slot
 # windows) would be mostly padding, so they stay on XLA's path. cuDNN's kernels take even
 # sequence lengths only: CLIP's 197 tokens are padded to 198 and masked (_even_length_attention).
@@ -154,6 +155,21 @@ def resolve_attention(requested: str, dtype, platform: str | None = None) -> str
     warnings.warn("config.model.attention='auto': XLA attention, since cuDNN flash attention "
                   f"needs bfloat16/float16 and the model computes in {jnp.dtype(dtype).name}")
   return 'xla'
+
+
+def resolve_layer_loop(requested: str, platform: str | None = None) -> str:
+  """config.model.layer_loop -> how `run_stacks` runs the layers: 'scan' (one stacked layer in a
+  jax.lax.scan) or 'unroll' (every layer traced).
+
+  'auto': unrolled on GPU and TPU, scanned elsewhere. Compiled for an H100 and a v5p, the unrolled
+  train steps of cast_k400 and ca2st_vggsound are predicted 22-28 % faster (the scan's stacked
+  activations cost more memory traffic and kernels than they save), for a compile 2-7 times
+  longer; on a CPU the train step runs slower (docs/benchmarks.md). `platform` defaults to the default backend; the
+  ahead-of-time tool names its target's.
+  """
+  if requested != 'auto':
+    return requested
+  return 'unroll' if (platform or jax.default_backend()) in ('gpu', 'tpu') else 'scan'
 
 
 def _tpu_flash_attention(q, k, v):

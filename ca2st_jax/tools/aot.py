@@ -9,7 +9,8 @@ r"""Does a config's training step fit a Cloud TPU slice? Compiled ahead of time,
 
 The trainer's own jitted train and eval steps (`trainer.build_setup`, with its mesh, shardings and
 donation) are lowered on abstract arguments and compiled by libtpu for the compile-only devices of
-`jax.experimental.topologies.get_topology_desc`. Per chip it prints XLA's memory analysis
+`jax.experimental.topologies.get_topology_desc`, with the attention kernel and layer loop that
+config.model gives on the target. Per chip it prints XLA's memory analysis
 (arguments, outputs, temporaries, generated code; peak = arguments + outputs - aliased (donated)
 + temporaries + code) against the chip's HBM, the verdict, the FLOPs of one optimiser step and the
 compile time. Exits 1 when the step does not fit.
@@ -262,13 +263,14 @@ def compile_step(jitted, args, hbm_bytes: int, compiler_options=None, with_hlo=F
 
 
 def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
-  """The config with the global batch this check needs (the trainer's rules otherwise) and the
-  attention kernel that config.model.attention gives on the target, not on this CPU; and that
+  """The config with the global batch this check needs (the trainer's rules otherwise), and the
+  attention kernel and layer loop that config.model gives on the target, not on this CPU; and that
   kernel's name for the report."""
   from ca2st_jax.models import fused, layers  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
   requested = config.model.attention
   config.model.attention = layers.resolve_attention(requested, fused.dtype_of(config.model), platform)
+  config.model.layer_loop = layers.resolve_layer_loop(config.model.layer_loop, platform)
   if config.model.attention == "cudnn":
     # jax.nn.dot_product_attention asks the local cuDNN for its version while tracing: without a
     # GPU there is none. XLA's attention holds an N x N block per layer that cuDNN's does not, so
@@ -311,7 +313,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   result = {
       "config": config.model.name, "topology": topology.name, "num_slices": topology.num_slices,
       "num_devices": n, "device_kind": devices[0].device_kind, "mesh": dict(setup.mesh.shape),
-      "attention": attention,
+      "attention": attention, "layer_loop": config.model.layer_loop,
       "per_device_batch": per_device_batch, "global_batch": setup.global_batch,
       "accum_steps": int(config.train.get("accum_steps", 1)),
       "hbm_bytes_per_device": train.pop("hbm_seen_by_compiler", topology.hbm_bytes),
@@ -450,7 +452,7 @@ def print_report(r: dict):
   g = lambda b: "-" if b is None else f"{b / GIB:.3f} GiB"
   print(f"{r['config']} on {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}),"
         f" mesh {r['mesh']}, per-device batch {r['per_device_batch']} (global {r['global_batch']},"
-        f" accum_steps {r['accum_steps']}), attention {r['attention']}")
+        f" accum_steps {r['accum_steps']}), attention {r['attention']}, layers {r['layer_loop']}")
   print(f"train step, per device: arguments {g(r['argument_bytes_per_device'])}, outputs "
         f"{g(r['output_bytes_per_device'])} (donated {g(r['alias_bytes_per_device'])}), temporaries "
         f"{g(r['temp_bytes_per_device'])}, code {g(r['code_bytes_per_device'])}")
