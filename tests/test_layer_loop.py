@@ -54,7 +54,7 @@ def test_auto_unrolls_on_the_accelerators(platform, loop):
 
 
 def test_the_model_runs_the_resolved_loop():
-  """On this CPU 'auto' scans: one while loop per stack of layers; 'unroll' leaves none."""
+  """On this CPU 'auto' runs the layers in scans; 'unroll' leaves no scan."""
   cfg = load_config('cast_k400', 'tiny').model
   loops = {}
   for loop in ('auto', 'unroll'):
