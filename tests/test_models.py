@@ -84,7 +84,6 @@ def _space_time_exchange(seed=0):
   return exchange, spatial, temporal, slots, patches
 
 
-
 def _changed(a, b):
   return np.abs(np.asarray(a) - np.asarray(b)).max(axis=-1) > 1e-6
 

@@ -452,7 +452,8 @@ def print_report(r: dict):
   g = lambda b: "-" if b is None else f"{b / GIB:.3f} GiB"
   print(f"{r['config']} on {r['topology']} x{r['num_slices']} ({r['num_devices']} x {r['device_kind']}),"
         f" mesh {r['mesh']}, per-device batch {r['per_device_batch']} (global {r['global_batch']},"
-        f" accum_steps {r['accum_steps']}), attention {r['attention']}, layers {r['layer_loop']}")
+        f" accum_steps {r['accum_steps']}), attention {r['attention']},"
+        f" layers {r['layer_loop']}")
   print(f"train step, per device: arguments {g(r['argument_bytes_per_device'])}, outputs "
         f"{g(r['output_bytes_per_device'])} (donated {g(r['alias_bytes_per_device'])}), temporaries "
         f"{g(r['temp_bytes_per_device'])}, code {g(r['code_bytes_per_device'])}")
