@@ -110,3 +110,35 @@ class InMemorySource:
         batch = {key: np.concatenate([v, np.repeat(v[-1:], bs - k, 0)]) for key, v in batch.items()}
       batch["mask"] = mask
       yield self._host_slice(batch, bs)
+
+
+def config_data(cfg, num_train=8, num_eval_videos=4, views=2):
+  """Random inputs shaped as config `cfg`'s pipeline delivers them, with the label keys of its
+  model's heads (read off the model's abstract output, so every head is fed)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from ca2st_jax import models  # pylint: disable=import-outside-toplevel
+  m = cfg.model
+  frames = m.num_frames
+  rng = np.random.default_rng(0)
+
+  def arrays(n):
+    out = {"video": rng.integers(0, 256, (n, frames, m.image_size, m.image_size, 3), np.uint8)}
+    if cfg.data.get("audio", True):
+      out["audio"] = rng.standard_normal((n, m.spectrogram_length, m.num_mel_bins)).astype(np.float32)
+      times = np.sort(rng.uniform(0, 2, (n, 1 + frames // m.tubelet_size, 2)), -1)
+      out["audio_times"] = times.astype(np.float32)
+      out["has_audio"] = np.ones(n, bool)
+    return out
+
+  train, evaluation = arrays(num_train), arrays(num_eval_videos * views)
+  inputs = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in train.items()
+            if k in ("audio", "audio_times")}
+  video = jax.ShapeDtypeStruct((1,) + train["video"].shape[1:], np.float32)
+  heads = jax.eval_shape(
+      lambda v, a: models.build(m, rngs=nnx.Rngs(0))(video=v, **{k: x[None] for k, x in a.items()}),
+      video, inputs)
+  for key, logits in heads.items():
+    train[key] = rng.integers(0, logits.shape[-1], num_train).astype(np.int32)
+    evaluation[key] = np.repeat(rng.integers(0, logits.shape[-1], num_eval_videos), views).astype(np.int32)
+  evaluation["video_index"] = np.repeat(np.arange(num_eval_videos, dtype=np.int32), views)
+  return train, evaluation, sorted(heads)

@@ -1,5 +1,7 @@
 """config.model.layer_loop: the layers traced one by one compute what the scanned layer does; 'auto'
-unrolls them on the accelerators only."""
+unrolls them on the accelerators only; unrolled train steps take the frozen layers as arrays."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,11 @@ from flax import nnx
 
 from ca2st_jax import models
 from ca2st_jax.models import layers
+from ca2st_jax.tools import benchmark
+from ca2st_jax.train import mesh as mesh_lib
+from ca2st_jax.train import trainer
+from sources import InMemorySource
+from sources import config_data
 from tests_helpers import load_config
 
 
@@ -64,3 +71,81 @@ def test_the_model_runs_the_resolved_loop():
     jaxpr = jax.make_jaxpr(lambda m, v: m(video=v, deterministic=True))(model, video)
     loops[loop] = str(jaxpr).count('scan[')
   assert loops['auto'] > 0 and loops['unroll'] == 0
+
+
+def _step_setup(loop):
+  cfg = load_config('cast_k400', 'tiny')
+  cfg.model.layer_loop = loop
+  cfg.train.update(batch_size=2, total_steps=2, warmup_steps=0)
+  return trainer.build_setup(cfg, devices=jax.devices()[:1])
+
+
+def _frozen_layer_copies(hlo):
+  """The instructions of a compiled program that read a layer out of a frozen experts' blocks
+  argument: slices, copies, concatenations and the fusions that slice."""
+  blocks = set(re.findall(r'%(frozen\w*blocks\w*(?:\.\d+)?) = \S+ parameter', hlo))
+  assert blocks, 'no frozen blocks among the arguments'
+  found = []
+  for line in hlo.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%\S+ = \S+ (slice|dynamic-slice|copy|concatenate|fusion)\((.*?)\)',
+                 line)
+    if not m or not {o.strip().lstrip('%') for o in m.group(2).split(',')} & blocks:
+      continue
+    if m.group(1) != 'fusion' or '/slice"' in line or 'slice' in line.split(' = ')[0]:
+      found.append(line[:160])
+  return found
+
+
+def test_unrolled_train_step_takes_the_frozen_layers_as_arrays():
+  """Unrolled, the train step takes each frozen layer as its own array: the compiled step copies
+  no layer out of a stacked weight, and computes the scanned step's loss and parameters; the
+  frozen experts go back to their stacked (checkpoint) layout unchanged."""
+  scan, unroll = _step_setup('scan'), _step_setup('unroll')
+  assert jax.tree.structure(scan.abstract_step_frozen) == jax.tree.structure(scan.abstract_frozen)
+  state, frozen, rest = scan.init_fn()
+  split = unroll.frozen_for_steps(frozen)
+  depth = scan.config.model.depth
+  by_path = dict(jax.tree_util.tree_flatten_with_path(
+      split, is_leaf=lambda x: isinstance(x, list))[0])
+  for path, stacked in jax.tree_util.tree_flatten_with_path(frozen)[0]:
+    if 'blocks' in jax.tree_util.keystr(path):
+      assert isinstance(by_path[path], list) and len(by_path[path]) == depth, path
+      for i in range(depth):
+        np.testing.assert_array_equal(by_path[path][i], stacked[i])
+    else:
+      assert by_path[path] is not None and not isinstance(by_path[path], list), path
+  back = unroll.frozen_for_checkpoint(split)
+  assert jax.tree.structure(back) == jax.tree.structure(frozen)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(frozen)):
+    np.testing.assert_array_equal(a, b)
+
+  batch = mesh_lib.global_batch(benchmark.synthetic_batch(scan.config.model, 2), scan.mesh)
+  compiled = unroll.train_step.lower(state, split, rest, batch).compile()
+  assert _frozen_layer_copies(compiled.as_text()) == []
+  got_state, got = compiled(state, split, rest, batch)
+  want_state, want = scan.train_step(scan.init_fn()[0], frozen, rest, batch)
+  np.testing.assert_allclose(got['loss'], want['loss'], rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_state['params']), jax.tree.leaves(want_state['params'])):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_unrolled_run_evaluates_scanned(tmp_path):
+  """An unrolled run checkpoints its frozen experts stacked: its workdir evaluates with the layers
+  scanned (on the 8 simulated devices), to the unrolled run's own evaluation."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  cfg = load_config('cast_k400', 'tiny')
+  cfg.model.update(layer_loop='unroll', num_classes=5)
+  cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
+                   ckpt_every=1)
+  train, evaluation, _ = config_data(cfg, num_train=16)
+  source = InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8)
+  workdir = str(tmp_path / 'wd')
+  unrolled = trainer.train_and_evaluate(cfg, workdir, 'train_and_eval', source=source)
+  cfg.model.layer_loop = 'scan'
+  scanned = trainer.train_and_evaluate(cfg, workdir, 'eval', source=source)
+  assert scanned.keys() == unrolled.keys()
+  for key, value in unrolled.items():
+    assert scanned[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

@@ -11,6 +11,7 @@ import pytest
 from ca2st_jax import config_lib
 from ca2st_jax.train import trainer
 from sources import InMemorySource
+from sources import config_data
 
 # Its module fixtures run once, on one worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("test_train_configs")
@@ -102,38 +103,6 @@ def test_every_paper_config_has_the_structure_of_one_that_trains():
     assert _structure(name) in trained, name
 
 
-def _in_memory_data(cfg, num_train=8, num_eval_videos=4, views=2):
-  """Random inputs shaped as config `cfg`'s pipeline delivers them, with the label keys of its
-  model's heads (read off the model's abstract output, so every head is fed)."""
-  from flax import nnx
-  from ca2st_jax import models
-  m = cfg.model
-  frames = m.num_frames
-  rng = np.random.default_rng(0)
-
-  def arrays(n):
-    out = {"video": rng.integers(0, 256, (n, frames, m.image_size, m.image_size, 3), np.uint8)}
-    if cfg.data.get("audio", True):
-      out["audio"] = rng.standard_normal((n, m.spectrogram_length, m.num_mel_bins)).astype(np.float32)
-      times = np.sort(rng.uniform(0, 2, (n, 1 + frames // m.tubelet_size, 2)), -1)
-      out["audio_times"] = times.astype(np.float32)
-      out["has_audio"] = np.ones(n, bool)
-    return out
-
-  train, evaluation = arrays(num_train), arrays(num_eval_videos * views)
-  inputs = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in train.items()
-            if k in ("audio", "audio_times")}
-  video = jax.ShapeDtypeStruct((1,) + train["video"].shape[1:], np.float32)
-  heads = jax.eval_shape(
-      lambda v, a: models.build(m, rngs=nnx.Rngs(0))(video=v, **{k: x[None] for k, x in a.items()}),
-      video, inputs)
-  for key, logits in heads.items():
-    train[key] = rng.integers(0, logits.shape[-1], num_train).astype(np.int32)
-    evaluation[key] = np.repeat(rng.integers(0, logits.shape[-1], num_eval_videos), views).astype(np.int32)
-  evaluation["video_index"] = np.repeat(np.arange(num_eval_videos, dtype=np.int32), views)
-  return train, evaluation, sorted(heads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINED)
 def test_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path):
@@ -152,7 +121,7 @@ def test_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path):
       cfg.model[field] = 5
   cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
                    ckpt_every=1)
-  train, evaluation, heads = _in_memory_data(cfg, num_train=16)
+  train, evaluation, heads = config_data(cfg, num_train=16)
   source = InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8)
   wd = str(tmp_path / "wd")
   res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=source)

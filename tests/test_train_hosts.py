@@ -89,8 +89,8 @@ def test_gs_workdir_files_go_to_the_bucket(fake_gcs):
   workdir_lib.check_config(config, wd)
   workdir_lib.write_config(config, wd)
   moved = ml_collections.ConfigDict(config.to_dict())
-  moved.data.data_dir, moved.model.remat = "/b", "full"  # resumes: same learned function
-  workdir_lib.check_config(moved, wd)
+  moved.data.data_dir, moved.model.remat, moved.model.layer_loop = "/b", "full", "scan"
+  workdir_lib.check_config(moved, wd)  # resumes: same learned function
   other = ml_collections.ConfigDict(config.to_dict())
   other.model.width = 64
   with pytest.raises(ValueError, match="config.model.width"):

@@ -401,3 +401,37 @@ def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none', unroll:
     return carry
   carry, _ = jax.lax.scan(step, carry, xs)
   return carry
+
+
+def stack_paths(model) -> tuple[tuple, ...]:
+  """The paths (nnx.iter_graph's) of the Stacks in `model`."""
+  return tuple(path for path, node in nnx.iter_graph(model) if isinstance(node, Stack))
+
+
+def _under(path, prefixes) -> bool:
+  keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+  return any(keys[:len(prefix)] == prefix for prefix in prefixes)
+
+
+def split_stacks(state, paths):
+  """`state` with every leaf of the Stacks at `paths` ([L, ...]) as the list of its L layers;
+  abstract leaves (jax.ShapeDtypeStruct) give abstract layers.
+
+  A program of unrolled layers that takes the layers as separate arrays reads each where it lies:
+  a layer sliced out of a stacked argument is a copy (on a GPU, a kernel per weight and layer).
+  `join_stacks` stacks them again inside the program, where XLA folds each layer's slice of the
+  stack back into the layer's own array.
+  """
+  def split(path, x):
+    if not _under(path, paths):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return [jax.ShapeDtypeStruct(x.shape[1:], x.dtype)] * x.shape[0]
+    return [x[i] for i in range(x.shape[0])]
+  return jax.tree_util.tree_map_with_path(split, state)
+
+
+def join_stacks(state):
+  """The inverse of `split_stacks`."""
+  return jax.tree.map(lambda x: jnp.stack(x) if isinstance(x, list) else x, state,
+                      is_leaf=lambda x: isinstance(x, list))

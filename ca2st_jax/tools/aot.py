@@ -304,7 +304,7 @@ def check(config, topology: Topology, per_device_batch: int, *, with_eval: bool 
   micro_batch = per_device_batch * n
   batch_sh = mesh_lib.batch_sharding(setup.mesh)
   state = _with_shardings(setup.abstract_state, setup.state_shardings)
-  frozen = _with_shardings(setup.abstract_frozen, setup.frozen_shardings)
+  frozen = _with_shardings(setup.abstract_step_frozen, setup.step_frozen_shardings)
   rest = _with_shardings(setup.abstract_rest, setup.rest_shardings)
   train_batch = abstract_batch(config, setup.global_batch, batch_sh, train=True)
   train = compile_step(setup.train_step, (state, frozen, rest, train_batch), topology.hbm_bytes,

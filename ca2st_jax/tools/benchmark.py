@@ -142,6 +142,7 @@ def run_jax(config, batch: int, steps: int, warmup: int = 2, devices=None,
   setup = trainer.build_setup(config, devices=devices)
   host_batch = synthetic_batch(config.model, batch)
   state, frozen, rest = setup.init_fn()
+  frozen = setup.frozen_for_steps(frozen)
   device_batch = mesh_lib.global_batch(host_batch, setup.mesh)
   eval_batch = {k: v for k, v in device_batch.items() if k in ('video', 'audio', 'audio_times')}
   results = {}

@@ -8,6 +8,9 @@ State layout (all pytrees of jax.Arrays):
   state  = {'params': trainable nnx.State, 'opt_state': optax state over params only,
             'step': int32, 'rng': uint32[2]}        (donated, updated every step)
   frozen = the frozen experts' nnx.State            (never updated, never has gradients)
+           The steps take it in their own layout (Setup.frozen_for_steps): with unrolled
+           layers every layer of an expert's stacked blocks is its own array
+           (models.layers.split_stacks). Checkpoints and imports keep it stacked.
   rest   = non-parameter variables (dropout RNG streams; re-seeded every step from rng + step)
 
 In this file, in order: the steps (forward, train_step, eval_step), build_setup, checkpoints and
@@ -40,6 +43,7 @@ from flax import nnx
 from ca2st_jax import config_lib
 from ca2st_jax.checkpoints import labels as labels_lib
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
+from ca2st_jax.models import layers as layers_lib
 from ca2st_jax.train import evaluate as evaluate_lib
 from ca2st_jax.train import input as input_lib
 from ca2st_jax.train import losses
@@ -76,7 +80,7 @@ def forward(graphdef, mesh, params, frozen, rest, inputs, dropout_rng=None):
   """The model's logits {head: [B, classes]}; dropout is on when `dropout_rng` is given."""
   # Fresh Variable objects at the current trace level (reseed and dropout counters mutate them).
   rest = jax.tree.map(lambda x: x, rest)
-  model = nnx.merge(graphdef, params, frozen, rest)
+  model = nnx.merge(graphdef, params, layers_lib.join_stacks(frozen), rest)
   deterministic = dropout_rng is None
   if not deterministic:
     nnx.reseed(model, dropout=dropout_rng)
@@ -158,6 +162,10 @@ class Setup:
   abstract_state: Any
   abstract_frozen: Any
   abstract_rest: Any
+  step_frozen_shardings: Any   # frozen as the steps take it
+  abstract_step_frozen: Any
+  frozen_for_steps: Callable   # stacked (checkpoint layout) -> the steps' layout
+  frozen_for_checkpoint: Callable  # and back
   init_fn: Callable
   train_step: Callable
   eval_step: Callable
@@ -200,6 +208,15 @@ def mixup_keys(tcfg) -> tuple[str, ...]:
   return ("video", "audio") if tcfg.get("mixup_audio", False) else ("video",)
 
 
+def frozen_stacks(config, abstract_model) -> tuple:
+  """The Stacks whose frozen layers the steps take one array each: all of them when the layers
+  are unrolled (models.layers.split_stacks), none for a scan, which reads its layer's slice of
+  the stack in place."""
+  if layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto")) != "unroll":
+    return ()
+  return layers_lib.stack_paths(abstract_model)
+
+
 def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None) -> Setup:
   """The mesh, abstract state, shardings and the jitted init, train and eval steps of `config`."""
   model_lib = model_lib or default_model_lib()
@@ -216,8 +233,8 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   seed = int(config.get("seed", 0))
   trainable = trainable_filter(config, model_lib)
   make_model = functools.partial(new_model, model_lib, config.model, seed)
-  graphdef, abs_params, abs_frozen, abs_rest = nnx.split(nnx.eval_shape(make_model), trainable,
-                                                         nnx.Param, ...)
+  abs_model = nnx.eval_shape(make_model)
+  graphdef, abs_params, abs_frozen, abs_rest = nnx.split(abs_model, trainable, nnx.Param, ...)
   tx, schedule = optim_lib.make_optimizer(
       config.optim, abs_params, global_batch=global_batch, total_steps=durations["total_steps"],
       warmup_steps=durations["warmup_steps"], layer_id_fn=model_lib.layer_id,
@@ -230,7 +247,17 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   frozen_sh = mesh_lib.tree_shardings(abs_frozen, mesh, fsdp_min)
   rest_sh = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abs_rest)
   batch_sh = mesh_lib.batch_sharding(mesh)
-  in_shardings = (state_sh, frozen_sh, rest_sh, batch_sh)
+  stacks = frozen_stacks(config, abs_model)
+  if stacks:
+    abs_step_frozen = layers_lib.split_stacks(abs_frozen, stacks)
+    step_frozen_sh = mesh_lib.tree_shardings(abs_step_frozen, mesh, fsdp_min)
+    frozen_for_steps = jax.jit(functools.partial(layers_lib.split_stacks, paths=stacks),
+                               out_shardings=step_frozen_sh)
+    frozen_for_checkpoint = jax.jit(layers_lib.join_stacks, out_shardings=frozen_sh)
+  else:
+    abs_step_frozen, step_frozen_sh = abs_frozen, frozen_sh
+    frozen_for_steps = frozen_for_checkpoint = lambda frozen: frozen
+  in_shardings = (state_sh, step_frozen_sh, rest_sh, batch_sh)
 
   mix = functools.partial(
       losses.mix_batch, shards=shards, accum=accum, alpha=float(tcfg.get("mixup_alpha", 0.0)),
@@ -242,6 +269,8 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
       config=config, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
       state_shardings=state_sh, frozen_shardings=frozen_sh, rest_shardings=rest_sh,
       abstract_state=abs_state, abstract_frozen=abs_frozen, abstract_rest=abs_rest,
+      step_frozen_shardings=step_frozen_sh, abstract_step_frozen=abs_step_frozen,
+      frozen_for_steps=frozen_for_steps, frozen_for_checkpoint=frozen_for_checkpoint,
       init_fn=jax.jit(init_state, out_shardings=(state_sh, frozen_sh, rest_sh)),
       train_step=jax.jit(train, in_shardings=in_shardings,
                          out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,)),
@@ -410,6 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             meta={})
   try:
     start, state, frozen, rest, data_state, run.meta = restore_or_init(run)
+    frozen = setup.frozen_for_steps(frozen)
     if class_names:
       run.meta["labels"] = class_names  # every checkpoint says what its classes are
     if mode == "eval":
@@ -466,7 +496,8 @@ def save_best(run: Run, step, state, frozen, data_state, result):
     return
   if value > run.meta.get("best_value", -np.inf):
     run.meta.update(best_value=float(value), best_step=int(step), best_metric=best_metric)
-    run.ckpt.save(step, state, frozen, data_state, dict(run.meta, step=step), best=True)
+    run.ckpt.save(step, state, run.setup.frozen_for_checkpoint(frozen), data_state,
+                  dict(run.meta, step=step), best=True)
 
 
 def train(run: Run, state, frozen, rest, data_state, last_good, step_hook=None) -> dict:
@@ -505,7 +536,8 @@ def train(run: Run, state, frozen, rest, data_state, last_good, step_hook=None) 
       preempted = preemption.reached(step)
       if step % int(tcfg.ckpt_every) == 0 or is_last or preempted:
         log.check_finite(step, last_good)
-        ckpt.save(step, state, frozen, batches.data_state(), dict(run.meta, step=step))
+        ckpt.save(step, state, setup.frozen_for_checkpoint(frozen), batches.data_state(),
+                  dict(run.meta, step=step))
         last_good = step
       if preempted:
         ckpt.wait()

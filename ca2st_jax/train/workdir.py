@@ -3,7 +3,8 @@
 Resuming is refused only for fields that change the learned function: the model architecture
 (config.model, less the fields that only change how it is computed) and the data set's identity
 (which set and build, hence its classes). Moving the data (data_dir, dataset_dir), worker
-counts, batch sizes of evaluation, remat, logging and checkpoint cadence may all change.
+counts, batch sizes of evaluation, remat, the attention kernel, the layer loop, logging and
+checkpoint cadence may all change.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import jax
 from etils import epath
 
 # config.model fields that change how the model is computed, not what it computes.
-MODEL_FIELDS_FREE = ("remat", "attention")
+MODEL_FIELDS_FREE = ("remat", "attention", "layer_loop")
 # config.data fields that name the data set (and so its classes).
 DATA_IDENTITY_FIELDS = ("name", "builder_config", "synthetic")
 
