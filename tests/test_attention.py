@@ -77,13 +77,18 @@ def test_tpu_flash_kernel_matches_xla_values_and_gradients(q_len, k_len):
 
 
 @pytest.mark.parametrize("q_len,k_len", [(197, 197), (8, 197), (197, 8), (6, 6)])
-def test_odd_lengths_padded_and_masked_give_the_unpadded_attention(q_len, k_len):
-  """What the cuDNN path does with CLIP's 197 tokens, run with XLA's kernel: values and gradients
-  of the attention on the sequences padded to even lengths equal the unpadded attention's."""
+@pytest.mark.parametrize("kernel", ["xla", "cudnn_stand_in"])
+def test_odd_lengths_padded_and_masked_give_the_unpadded_attention(q_len, k_len, kernel):
+  """What the cuDNN path does with CLIP's 197 tokens, run with XLA's kernel (alone, and as the
+  stand-in tools.aot compiles in cuDNN's place): values and gradients of the attention on the
+  sequences padded to even lengths equal the unpadded attention's."""
   q, k, v = _qkv(q_len, k_len)
   loss = lambda attend: lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)))
   want, want_grads = _value_and_grads(loss(layers._xla_attention), q, k, v)
-  padded = lambda q, k, v: layers._even_length_attention(q, k, v, "xla")
+  if kernel == "xla":
+    padded = lambda q, k, v: layers._even_length_attention(q, k, v, layers._xla_attention)
+  else:
+    padded = lambda q, k, v: layers.attention(q, k, v, "cudnn_stand_in")
   got, got_grads = _value_and_grads(loss(padded), q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(got_grads, want_grads):

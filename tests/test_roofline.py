@@ -93,12 +93,12 @@ def test_compiled_scan_counts_every_trip():
   assert weights and all(k.runs == 5 and k.bytes == 2 * 32 * 32 * 4 + 4 for k in weights)
 
 
-def _attention_step(q_len, k_len):
+def _attention_step(q_len, k_len, implementation='xla'):
   q = jnp.zeros((2, q_len, 3, 16), jnp.bfloat16)
   k = jnp.zeros((2, k_len, 3, 16), jnp.bfloat16)
 
   def loss(q, k):
-    return layers.attention(q, k, k, 'xla').astype(jnp.float32).sum()
+    return layers.attention(q, k, k, implementation).astype(jnp.float32).sum()
 
   # The loss is returned, as the train step returns it: the forward runs once, then the backward.
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(q, k).compile().as_text()
@@ -123,6 +123,17 @@ def test_odd_lengths_costed_padded_to_even_for_cudnn():
   r = roofline.roofline(_attention_step(33, 33), 'h200-1', train=True)
   assert r['fused_attention'] == ['1 x [B*H=6, Tq=34, Tk=34, D=16]'] and r['xla_attention'] == []
   assert r['groups']['attention (fused kernel)']['flops'] == 14 * 6 * 34 * 34 * 16
+
+
+def test_the_cudnn_stand_in_is_costed_as_cudnn_on_its_padded_lengths():
+  """tools.aot's stand-in for cuDNN pads odd lengths as the cuDNN path does: all its kernels,
+  the padded products included, are the attention's, costed as one flash kernel each way."""
+  r = roofline.roofline(_attention_step(33, 33, 'cudnn_stand_in'), 'h200-1', train=True)
+  assert r['fused_attention'] == ['1 x [B*H=6, Tq=34, Tk=34, D=16]'] and r['xla_attention'] == []
+  assert 'matmul' not in r['groups']
+  # A product that lost its metadata is matched by its arrays' sizes, the padded ones too.
+  attention = roofline.Attention(call=0, heads_batch=768, q_len=197, k_len=197, head_dim=64)
+  assert {768 * 198 * 198, 768 * 198 * 64, 768 * 200 * 64} <= attention.sizes()
 
 
 def test_bytes_by_group_matches_cost_analysis():

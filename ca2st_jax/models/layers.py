@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental.layout import Layout
+from jax.experimental.layout import with_layout_constraint
 
 TRUNC_NORMAL = nnx.initializers.truncated_normal(stddev=0.02)
 ZEROS = nnx.initializers.zeros
@@ -118,7 +120,7 @@ class Mlp(nnx.Module):
     return self.fc2(self.act(self.fc1(x)))
 
 
-ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash')
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'cudnn', 'tpu_flash', 'cudnn_stand_in')
 LAYER_LOOPS = ('auto', 'scan', 'unroll')
 # The TPU flash kernel works on blocks of 128 positions; shorter key sequences (CAST's 8-slot
 # windows) would be mostly padding, so they stay on XLA's path. cuDNN's kernels take even
@@ -134,7 +136,8 @@ def resolve_attention(requested: str, dtype, platform: str | None = None) -> str
   and masked), the Pallas flash kernel on
   TPU, XLA's dot-product attention elsewhere (CPU, or float32 on a GPU: cuDNN's fused kernels
   take half precision only). `platform` defaults to the default backend; the ahead-of-time tool
-  names its target's.
+  names its target's. 'cudnn_stand_in' is what that tool compiles in cuDNN's place
+  (`_cudnn_stand_in`).
   """
   platform = platform or jax.default_backend()
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
@@ -227,30 +230,62 @@ def _attention(q, k, v, implementation: str):
   if implementation == 'tpu_flash' and k.shape[1] >= TPU_FLASH_BLOCK:
     return _per_batch_shard(_tpu_flash_attention)(q, k, v)
   if implementation == 'cudnn':
-    return _even_length_attention(q, k, v, 'cudnn')
+    return _even_length_attention(q, k, v, _cudnn_attention)
+  if implementation == 'cudnn_stand_in':
+    return _even_length_attention(q, k, v, _cudnn_stand_in)
   return _xla_attention(q, k, v)
 
 
-def _even_length_attention(q, k, v, implementation: str):
-  """jax.nn.dot_product_attention on sequences padded to even lengths: cuDNN's kernels refuse odd
-  ones in training (jax 0.11.2 on an H200: 'Unsupported sequence length Q 197, KV 197'). The
-  padded key is masked out (key_value_seq_lengths) and the padded query's row dropped, so the
-  result is the unpadded attention's."""
+def _cudnn_attention(q, k, v, key_value_seq_lengths=None):
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths,
+                                      implementation='cudnn')
+
+
+def _even_length_attention(q, k, v, attend):
+  """`attend` (cuDNN's kernel or its stand-in) on sequences padded to even lengths: cuDNN's
+  kernels refuse odd ones in training (jax 0.11.2 on an H200: 'Unsupported sequence length Q 197,
+  KV 197'). The padded key is masked out (key_value_seq_lengths) and the padded query's row
+  dropped, so the result is the unpadded attention's."""
   q_len, k_len = q.shape[1], k.shape[1]
   if q_len % 2 == 0 and k_len % 2 == 0:
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return attend(q, k, v)
   pad = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
   lengths = jnp.full((q.shape[0],), k_len, jnp.int32)
-  out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), key_value_seq_lengths=lengths,
-                                     implementation=implementation)
-  return out[:, :q_len]
+  return attend(pad(q), pad(k), pad(v), key_value_seq_lengths=lengths)[:, :q_len]
 
 
 @jax.checkpoint
-def _xla_attention(q, k, v):
+def _xla_attention(q, k, v, key_value_seq_lengths=None):
   """XLA's attention, its N x N scores recomputed in the backward pass rather than kept (as the
   fused kernels do): kept, a scan over layers stacks them, [layers, B, H, N, N] per saved tensor."""
-  return jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths,
+                                      implementation='xla')
+
+
+def _materialised(x):
+  x = with_layout_constraint(x, Layout(tuple(range(x.ndim))))
+  return jax.lax.optimization_barrier(x)
+
+
+@jax.custom_vjp
+def _kernel_boundary(x):
+  """x as a custom call's operand or result is: a row-major array that no fusion reaches
+  through; its gradient likewise."""
+  return _materialised(x)
+
+
+_kernel_boundary.defvjp(lambda x: (_materialised(x), None), lambda _, ct: (_materialised(ct),))
+
+
+def _cudnn_stand_in(q, k, v, key_value_seq_lengths=None):
+  """XLA's attention behind the boundary of cuDNN's kernel: q, k, v, the output and their
+  gradients are row-major [B, T, H, D] arrays in the compute dtype, and nothing fuses across.
+  `tools.aot` compiles it for GPU targets, where cuDNN's kernel cannot be compiled without a GPU:
+  the program around each attention is then the one the GPU runs (its layouts, its copies), and
+  `tools.roofline` costs the attention itself as cuDNN's flash kernel. It computes what 'xla'
+  does."""
+  q, k, v = (_kernel_boundary(x) for x in (q, k, v))
+  return _kernel_boundary(_xla_attention(q, k, v, key_value_seq_lengths))
 
 
 class Attention(nnx.Module):

@@ -273,14 +273,15 @@ def _prepare(config, per_device_batch: int, num_devices: int, platform: str):
   config.model.layer_loop = layers.resolve_layer_loop(config.model.layer_loop, platform)
   if config.model.attention == "cudnn":
     # jax.nn.dot_product_attention asks the local cuDNN for its version while tracing: without a
-    # GPU there is none. XLA's attention holds an N x N block per layer that cuDNN's does not, so
-    # the memory figures are an upper bound for a run with cuDNN.
+    # GPU there is none. Its stand-in is XLA's attention behind cuDNN's operand boundary, so the
+    # program around it is the GPU's; XLA's attention holds an N x N block per layer that cuDNN's
+    # does not, so the memory figures are an upper bound for a run with cuDNN.
     if requested == "cudnn":
       raise ValueError("config.model.attention='cudnn' cannot be compiled without a GPU (tracing "
                        "cuDNN attention needs the local cuDNN library); use 'auto', which "
-                       "compiles XLA's attention for the GPU target, or 'xla'")
-    config.model.attention = "xla"
-    attention = "xla (cuDNN's is not compiled without a GPU)"
+                       "compiles a stand-in for it, or 'xla'")
+    config.model.attention = "cudnn_stand_in"
+    attention = "cudnn_stand_in (XLA's attention in cuDNN's place: cuDNN's needs a GPU to compile)"
   else:
     attention = config.model.attention
   accum = int(config.train.get("accum_steps", 1))

@@ -28,9 +28,10 @@ writing o and the softmax statistics; backward 10 B H Tq Tk D FLOPs (the scores 
 dP, dV, dQ, dK) reading q, k, v, o, dO and the statistics and writing dq, dk, dv; at the flash
 efficiency. On a GPU target that is cuDNN's kernel, on lengths padded to even as the model pads
 them (models.layers.attention); the program compiled without a GPU holds XLA's attention there
-(cuDNN cannot be traced without one), so the kernels of each attention are found by the named
-scope models.layers.attention puts around it (or, for a product that lost its metadata, by the
-sizes of its arrays) and replaced.
+(cuDNN cannot be traced without one) behind cuDNN's operand boundary (the 'cudnn_stand_in'
+attention of tools.aot), so the kernels of each attention are found by the named scope
+models.layers.attention puts around it (or, for a product that lost its metadata, by the sizes of
+its arrays) and replaced.
 On TPU the Pallas flash kernel is already in the program (custom calls), costed by the products
 it computes on its padded blocks: forward 2, backward 4 (dK, dV) + 3 (dQ), the scores recomputed
 in both backward kernels.
@@ -500,8 +501,9 @@ class Attention:
     return (self.heads_batch, self.q_len, self.k_len, self.head_dim)
 
   def sizes(self) -> set:
-    """Element counts of the arrays its kernels touch, with lengths padded to 8 (cuBLAS)."""
-    lengths = lambda n: {n, -(-n // 8) * 8}
+    """Element counts of the arrays its kernels touch, with lengths padded to even (the model's
+    padding for cuDNN) or to 8 (cuBLAS)."""
+    lengths = lambda n: {n, n + n % 2, -(-n // 8) * 8}
     q, k = lengths(self.q_len), lengths(self.k_len)
     return {self.heads_batch * a * b for a in q | {self.head_dim} for b in k | q}
 
