@@ -163,3 +163,13 @@ def check_data(config):
     fail(f'config.data.name={d.name!r}: not prepared under {data_dir} (no dataset_info.json '
          f'under {where}); build it with python -m ca2st_jax.data.builders {d.name} '
          f'--manual_dir=RAW --data_dir={data_dir}, or set --config.data.dataset_dir=DIR')
+
+
+def use_compilation_cache(workdir):
+  """XLA's compiled steps kept under workdir/compilation_cache, unless a cache is already set
+  (JAX_COMPILATION_CACHE_DIR, config.jax_config): a resumed run (after a preemption, for an
+  evaluation) reads them back instead of compiling again, minutes for the unrolled layers on a
+  TPU."""
+  import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))

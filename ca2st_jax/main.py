@@ -42,6 +42,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   for name, value in (config.get("jax_config", None) or {}).items():
     jax.config.update(name, value)
+  cli.use_compilation_cache(workdir)
   from ca2st_jax.checkpoints import orbax as orbax_ckpt  # pylint: disable=g-import-not-at-top
   from ca2st_jax.train import trainer  # pylint: disable=g-import-not-at-top
   print(f"ca2st_jax: mode={flags.FLAGS.mode} workdir={workdir} devices={jax.device_count()} "

@@ -73,6 +73,23 @@ def test_the_model_runs_the_resolved_loop():
   assert loops['auto'] > 0 and loops['unroll'] == 0
 
 
+def test_every_layer_leaves_its_token_streams_row_major():
+  """run_stacks pins each layer's token streams, and so their gradients, to row-major layouts:
+  CAST's two streams, after each of its layers, forward and backward."""
+  cfg = load_config('cast_k400', 'tiny').model
+  cfg.layer_loop = 'unroll'
+  model = nnx.eval_shape(lambda: models.build(cfg, rngs=nnx.Rngs(0)))
+  graphdef, trainable, rest = nnx.split(model, models.TRAINABLE, ...)
+  video = jax.ShapeDtypeStruct(models.batch_spec(cfg, 1)['video'].shape, jnp.float32)
+
+  def loss(trainable, rest, video):
+    logits = nnx.merge(graphdef, trainable, rest)(video=video, deterministic=True)
+    return sum(jnp.sum(x) for x in jax.tree.leaves(logits))
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(trainable, rest, video))
+  assert jaxpr.count('layout_constraint[') == 2 * 2 * cfg.depth
+
+
 def _step_setup(loop):
   cfg = load_config('cast_k400', 'tiny')
   cfg.model.layer_loop = loop

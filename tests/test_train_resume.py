@@ -154,3 +154,18 @@ def test_class_count_checked_and_config_written_only_once_data_opened(tmp_path):
   with pytest.raises(Exception):  # the data set cannot be opened
     trainer.train_and_evaluate(cfg, str(tmp_path / "b"), "train", model_lib=toy.LIB)
   assert not os.path.exists(tmp_path / "b" / "config.json")  # so a corrected rerun is not refused
+
+
+def test_main_keeps_compiled_steps_in_the_workdir(tmp_path):
+  """ca2st_jax.main points XLA's compilation cache at the workdir, so a resumed run reads its
+  compiled steps back; a cache set before (JAX_COMPILATION_CACHE_DIR, as this suite does) stays."""
+  from ca2st_jax import cli  # pylint: disable=import-outside-toplevel
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    cli.use_compilation_cache(str(tmp_path))
+    assert jax.config.jax_compilation_cache_dir == before
+    jax.config.update("jax_compilation_cache_dir", None)
+    cli.use_compilation_cache(str(tmp_path / "wd"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "wd" / "compilation_cache")
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

@@ -262,6 +262,11 @@ def _xla_attention(q, k, v, key_value_seq_lengths=None):
                                       implementation='xla')
 
 
+def row_major(x):
+  """x (and its gradient) laid out row-major at this point of the program."""
+  return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
+
+
 def _materialised(x):
   x = with_layout_constraint(x, Layout(tuple(range(x.ndim))))
   return jax.lax.optimization_barrier(x)
@@ -425,7 +430,9 @@ def run_stacks(body, carry, stacks, inputs=None, *, remat: str = 'none', unroll:
   def step(carry, xs):
     params, layer_inputs = xs
     modules = [nnx.merge(graphdef, p) for graphdef, p in zip(graphdefs, params)]
-    return body(*modules, carry, layer_inputs), None
+    # Left free, XLA's layout assignment lays a token stream (and its gradient) out token-minor
+    # for the reductions of its bias gradients; every LayerNorm and matmul on it then transposes.
+    return jax.tree.map(row_major, body(*modules, carry, layer_inputs)), None
 
   if remat != 'none':
     step = jax.checkpoint(step, policy=REMAT_POLICIES[remat], prevent_cse=False)
