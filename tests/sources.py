@@ -142,3 +142,12 @@ def config_data(cfg, num_train=8, num_eval_videos=4, views=2):
     evaluation[key] = np.repeat(rng.integers(0, logits.shape[-1], num_eval_videos), views).astype(np.int32)
   evaluation["video_index"] = np.repeat(np.arange(num_eval_videos, dtype=np.int32), views)
   return train, evaluation, sorted(heads)
+
+
+def one_step_source(cfg):
+  """Sets `cfg` to train one step at a global batch of 16 (checkpointed, no evaluation during
+  training) and returns (the in-memory source of its inputs, its heads)."""
+  cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
+                   ckpt_every=1)
+  train, evaluation, heads = config_data(cfg, num_train=16)
+  return InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8), heads

@@ -13,8 +13,7 @@ from ca2st_jax.models import layers
 from ca2st_jax.tools import benchmark
 from ca2st_jax.train import mesh as mesh_lib
 from ca2st_jax.train import trainer
-from sources import InMemorySource
-from sources import config_data
+from sources import one_step_source
 from tests_helpers import load_config
 
 
@@ -155,10 +154,7 @@ def test_an_unrolled_run_evaluates_scanned(tmp_path):
     flags.FLAGS.mark_as_parsed()
   cfg = load_config('cast_k400', 'tiny')
   cfg.model.update(layer_loop='unroll', num_classes=5)
-  cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
-                   ckpt_every=1)
-  train, evaluation, _ = config_data(cfg, num_train=16)
-  source = InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8)
+  source, _ = one_step_source(cfg)
   workdir = str(tmp_path / 'wd')
   unrolled = trainer.train_and_evaluate(cfg, workdir, 'train_and_eval', source=source)
   cfg.model.layer_loop = 'scan'

@@ -10,8 +10,7 @@ import pytest
 
 from ca2st_jax import config_lib
 from ca2st_jax.train import trainer
-from sources import InMemorySource
-from sources import config_data
+from sources import one_step_source
 
 # Its module fixtures run once, on one worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("test_train_configs")
@@ -119,10 +118,7 @@ def test_config_tiny_trains_and_evaluates_on_the_mesh(name, tmp_path):
   for field in ("num_classes", "num_verbs", "num_nouns"):
     if field in cfg.model:
       cfg.model[field] = 5
-  cfg.train.update(batch_size=16, total_steps=1, warmup_steps=0, log_every=1, eval_every=0,
-                   ckpt_every=1)
-  train, evaluation, heads = config_data(cfg, num_train=16)
-  source = InMemorySource(train, evaluation, global_batch=16, eval_batch_size=8)
+  source, heads = one_step_source(cfg)
   wd = str(tmp_path / "wd")
   res = trainer.train_and_evaluate(cfg, wd, "train_and_eval", source=source)
   assert jax.device_count() == 8
