@@ -136,7 +136,28 @@ def test_tpu_flash_keeps_short_windows_on_xla():
   q, k, v = _qkv(8, 8)
   np.testing.assert_array_equal(
       jax.jit(lambda q, k, v: layers.attention(q, k, v, "tpu_flash"))(q, k, v),
-      jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"))(q, k, v))
+      jax.jit(layers._xla_attention)(q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("q_len,k_len,masked", [(197, 197, False), (198, 198, True),
+                                                (8, 197, False), (197, 8, True)])
+def test_xla_attention_is_jax_nn_dot_product_attention(q_len, k_len, masked, dtype):
+  """layers._xla_attention lays its second product out differently from jax.nn's 'xla'
+  implementation and computes the same: values and gradients, padded keys masked."""
+  q, k, v = _qkv(q_len, k_len, dtype=dtype)
+  lengths = jnp.array([k_len, k_len - 3]) if masked else None
+  loss = lambda attend: lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v).astype(jnp.float32)))
+  got, got_grads = _value_and_grads(
+      loss(lambda q, k, v: layers._xla_attention(q, k, v, lengths)), q, k, v)
+  want, want_grads = _value_and_grads(loss(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, key_value_seq_lengths=lengths, implementation="xla")), q, k, v)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-3
+  np.testing.assert_allclose(got, want, rtol=tolerance)
+  for g, w in zip(got_grads, want_grads):
+    assert g.dtype == w.dtype == dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                               atol=tolerance, rtol=tolerance)
 
 
 def test_model_modules_use_the_resolved_kernel():

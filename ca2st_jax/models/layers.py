@@ -256,10 +256,25 @@ def _even_length_attention(q, k, v, attend):
 
 @jax.checkpoint
 def _xla_attention(q, k, v, key_value_seq_lengths=None):
-  """XLA's attention, its N x N scores recomputed in the backward pass rather than kept (as the
-  fused kernels do): kept, a scan over layers stacks them, [layers, B, H, N, N] per saved tensor."""
-  return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=key_value_seq_lengths,
-                                      implementation='xla')
+  """XLA's attention: jax.nn.dot_product_attention(implementation='xla')'s arithmetic (float32
+  logits and softmax, probabilities in the compute dtype; padded keys masked), with the second
+  product written heads-major ([B, H, T, D]) and transposed after. Written token-major, as
+  jax.nn writes it, XLA's CPU compile transposes the [B, H, T, S] probabilities for that product:
+  VideoMAE's 1,568-token attention runs twice as fast heads-major on a CPU.
+
+  Its N x N scores are recomputed in the backward pass rather than kept (as the fused kernels
+  do): kept, a scan over layers stacks them, [layers, B, H, N, N] per saved tensor."""
+  # bf16 inputs with float32 products: named as an algorithm, as jax.nn does, so the backward
+  # pass's products are typed consistently.
+  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+  logits = jnp.einsum('btnh,bsnh->bnts', q, k, precision=precision,
+                      preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(q.shape[-1] ** -0.5)
+  if key_value_seq_lengths is not None:
+    real = jnp.arange(k.shape[1]) < key_value_seq_lengths[:, None, None, None]
+    logits = jnp.where(real, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bnts,bsnh->bnth', probs, v).swapaxes(1, 2)
 
 
 def row_major(x):
