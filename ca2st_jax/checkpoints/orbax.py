@@ -13,6 +13,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+# Orbax splits the write of an array that several devices hold among those devices (replica
+# parallel), each part an eager jax.lax.slice: one compiled program per device and shape. For small
+# arrays (biases, norms, adapters) the compiles cost more than the write: 184 of them, 9.6 s, in
+# one 8-device save of a tiny model on a CPU. An array whose parts would be smaller than this is
+# written whole. Orbax's ArrayHandler takes the threshold as an argument; the registered handler
+# is given it in place (an Orbax without the field slices as before).
+REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
+_ARRAY_HANDLER = ocp.type_handlers.get_type_handler(jax.Array)
+if hasattr(_ARRAY_HANDLER, "_min_slice_bytes_for_replica_parallel"):
+  _ARRAY_HANDLER._min_slice_bytes_for_replica_parallel = REPLICA_PARALLEL_MIN_SLICE_BYTES  # pylint: disable=protected-access
+
+
 class CheckpointError(RuntimeError):
   pass
 
