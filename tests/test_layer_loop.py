@@ -59,6 +59,20 @@ def test_auto_unrolls_on_the_accelerators(platform, loop):
   assert layers.resolve_layer_loop('scan', platform) == 'scan'
 
 
+@pytest.mark.parametrize('platform,split', [('gpu', True), ('cpu', True), ('tpu', False)])
+def test_unrolled_steps_take_frozen_layers_apart_except_on_a_tpu(platform, split, abstract_model):
+  """Which stacks the unrolled steps take layer by layer: all of them, except on a TPU, whose
+  compiled steps read a layer's slice of a stacked weight in place; none with a scan."""
+  cfg = load_config('cast_k400', 'tiny')
+  model = abstract_model(cfg.model)
+  cfg.model.layer_loop = 'unroll'
+  assert bool(trainer.frozen_stacks(cfg, model, platform)) == split
+  if split:
+    assert trainer.frozen_stacks(cfg, model, platform) == layers.stack_paths(model)
+  cfg.model.layer_loop = 'scan'
+  assert trainer.frozen_stacks(cfg, model, platform) == ()
+
+
 def test_the_model_runs_the_resolved_loop():
   """On this CPU 'auto' runs the layers in scans; 'unroll' leaves no scan."""
   cfg = load_config('cast_k400', 'tiny').model

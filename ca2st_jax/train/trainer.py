@@ -208,11 +208,15 @@ def mixup_keys(tcfg) -> tuple[str, ...]:
   return ("video", "audio") if tcfg.get("mixup_audio", False) else ("video",)
 
 
-def frozen_stacks(config, abstract_model) -> tuple:
-  """The Stacks whose frozen layers the steps take one array each: all of them when the layers
-  are unrolled (models.layers.split_stacks), none for a scan, which reads its layer's slice of
-  the stack in place."""
-  if layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto")) != "unroll":
+def frozen_stacks(config, abstract_model, platform: str) -> tuple:
+  """The Stacks whose frozen layers the steps take one array each on `platform`: all of them when
+  the layers are unrolled (models.layers.split_stacks), except on a TPU; none for a scan, which
+  reads its layer's slice of the stack in place. Compiled for an H100, the unrolled step copied
+  each layer's slice out of the stacks (226 copy kernels for cast_k400); compiled for a v5p,
+  XLA's fusions read the slices in place, and the split added kernels (docs/benchmarks.md)."""
+  if layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto"), platform) != "unroll":
+    return ()
+  if platform == "tpu":
     return ()
   return layers_lib.stack_paths(abstract_model)
 
@@ -247,7 +251,7 @@ def build_setup(config, *, model_lib=None, num_train_examples=None, devices=None
   frozen_sh = mesh_lib.tree_shardings(abs_frozen, mesh, fsdp_min)
   rest_sh = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abs_rest)
   batch_sh = mesh_lib.batch_sharding(mesh)
-  stacks = frozen_stacks(config, abs_model)
+  stacks = frozen_stacks(config, abs_model, mesh.devices.flat[0].platform)
   if stacks:
     abs_step_frozen = layers_lib.split_stacks(abs_frozen, stacks)
     step_frozen_sh = mesh_lib.tree_shardings(abs_step_frozen, mesh, fsdp_min)
