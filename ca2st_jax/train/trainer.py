@@ -9,8 +9,8 @@ State layout (all pytrees of jax.Arrays):
             'step': int32, 'rng': uint32[2]}        (donated, updated every step)
   frozen = the frozen experts' nnx.State            (never updated, never has gradients)
            The steps take it in their own layout (Setup.frozen_for_steps): with unrolled
-           layers every layer of an expert's stacked blocks is its own array
-           (models.layers.split_stacks). Checkpoints and imports keep it stacked.
+           layers off a TPU, every layer of an expert's stacked blocks is its own array
+           (models.layers.split_stacks, frozen_stacks). Checkpoints and imports keep it stacked.
   rest   = non-parameter variables (dropout RNG streams; re-seeded every step from rng + step)
 
 In this file, in order: the steps (forward, train_step, eval_step), build_setup, checkpoints and
@@ -211,9 +211,10 @@ def mixup_keys(tcfg) -> tuple[str, ...]:
 def frozen_stacks(config, abstract_model, platform: str) -> tuple:
   """The Stacks whose frozen layers the steps take one array each on `platform`: all of them when
   the layers are unrolled (models.layers.split_stacks), except on a TPU; none for a scan, which
-  reads its layer's slice of the stack in place. Compiled for an H100, the unrolled step copied
-  each layer's slice out of the stacks (226 copy kernels for cast_k400); compiled for a v5p,
-  XLA's fusions read the slices in place, and the split added kernels (docs/benchmarks.md)."""
+  reads its layer's slice of the stack in place. Compiled for an H100, an unrolled step that
+  slices its layers out of the stacks copies each slice (226 copy kernels for cast_k400); compiled
+  for a v5p, XLA's fusions read the slices in place and the split adds kernels
+  (docs/benchmarks.md)."""
   if layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto"), platform) != "unroll":
     return ()
   if platform == "tpu":
