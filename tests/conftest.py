@@ -4,7 +4,12 @@ import os
 
 from tests_helpers import HOST_DEVICES, ROOT  # no JAX import: the settings below come first
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + HOST_DEVICES).strip()
+# The suite's programs are tiny and compiled once each: most of their time is XLA's CPU compile,
+# and LLVM's optimisation level 1 compiles them ~8 % faster than the default 3, with the same
+# numbers where the suite checks them bit for bit (test_export_unchanged's hashes of initialised
+# weights; level 0 changes them).
+os.environ["XLA_FLAGS"] = " ".join((os.environ.get("XLA_FLAGS", ""), HOST_DEVICES,
+                                    "--xla_backend_optimization_level=1")).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for every process of a test run (both xdist workers and the CLIs and
 # launches that tests start), kept under .pytest_cache for the next run: each process would
