@@ -215,9 +215,8 @@ def frozen_stacks(config, abstract_model, platform: str) -> tuple:
   slices its layers out of the stacks copies each slice (226 copy kernels for cast_k400); compiled
   for a v5p, XLA's fusions read the slices in place and the split adds kernels
   (docs/benchmarks.md)."""
-  if layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto"), platform) != "unroll":
-    return ()
-  if platform == "tpu":
+  loop = layers_lib.resolve_layer_loop(config.model.get("layer_loop", "auto"), platform)
+  if loop != "unroll" or platform == "tpu":
     return ()
   return layers_lib.stack_paths(abstract_model)
 
