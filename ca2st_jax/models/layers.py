@@ -164,9 +164,9 @@ def resolve_layer_loop(requested: str, platform: str | None = None) -> str:
   """config.model.layer_loop -> how `run_stacks` runs the layers: 'scan' (one stacked layer in a
   jax.lax.scan) or 'unroll' (every layer traced).
 
-  'auto': unrolled on GPU and TPU, scanned elsewhere. Compiled for an H100 and a v5p, the unrolled
-  train steps of cast_k400 and ca2st_vggsound are predicted 22-28 % faster (the scan's stacked
-  activations cost more memory traffic and kernels than they save), for a compile 2-7 times
+  'auto': unrolled on GPU and TPU, scanned elsewhere. Compiled for a v5p, the unrolled train
+  steps of cast_k400 and ca2st_vggsound are predicted 20 % shorter (the scan's stacked
+  activations cost more memory traffic and kernels than they save), for a compile 7-10 times
   longer; on a CPU the train step runs slower (docs/benchmarks.md). `platform` defaults to the
   default backend; the ahead-of-time tool names its target's.
   """
