@@ -277,10 +277,9 @@ def test_demo_cli_on_gs_workdir_report_export_and_predict(gcs, tmp_path, run_cli
                  "--config.train.total_steps=2", "--config.train.log_every=1",
                  "--config.train.ckpt_every=2", "--config.train.eval_every=0"]
   # One CPU device, as on a newcomer's machine: the 8 simulated ones only slow a tiny model down.
-  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(tests_helpers.HOST_DEVICES, ""))
   r = sp.run([sys.executable, "-m", "ca2st_jax.main", *config_args, f"--workdir={wd}"],
-             cwd=tests_helpers.ROOT, env=env, capture_output=True, text=True, timeout=1200,
-             check=False)
+             cwd=tests_helpers.ROOT, env=tests_helpers.env_without_host_devices(),
+             capture_output=True, text=True, timeout=1200, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"PyTorch export: {wd}/model_torch.pt" in r.stdout, r.stdout[-3000:]
   names = gcs.names("demo/")

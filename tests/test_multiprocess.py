@@ -24,7 +24,7 @@ import pytest
 
 from ca2st_jax.checkpoints import orbax as orbax_ckpt
 from ca2st_jax.train import trainer
-from tests_helpers import HOST_DEVICES, ROOT, load_config
+from tests_helpers import ROOT, env_without_host_devices, load_config
 
 # A hang guard, not a speed check: a launch takes a few minutes on a loaded 2-core machine.
 LAUNCH_TIMEOUT_S = 600
@@ -60,9 +60,7 @@ def run_config(data_dir):
 
 def _launch(cfg_path, workdir, *, on_line=None):
   """launch/local.sh 2 ...; returns (exit status, output lines)."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  # conftest's 8 host devices out; local.sh gives each process 4
-  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(HOST_DEVICES, "").strip()
+  env = env_without_host_devices(PYTHONPATH=str(ROOT))  # local.sh gives each process 4
   p = subprocess.Popen([str(ROOT / "launch" / "local.sh"), "2", f"--config={cfg_path}",
                         f"--workdir={workdir}"], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)

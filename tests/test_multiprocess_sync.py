@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests_helpers import HOST_DEVICES
+from tests_helpers import env_without_host_devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKEW_S = 35  # past gloo's 30 s, with room for the processes' own differences
@@ -61,10 +61,8 @@ def _free_port():
 def test_first_collectives_wait_for_a_late_process(tmp_path):
   script = tmp_path / "child.py"
   script.write_text(CHILD.format(skew=SKEW_S))
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_NUM_PROCESSES="2")
-  # conftest's 8 host devices out; each process sets its own
-  env["XLA_FLAGS"] = env["XLA_FLAGS"].replace(HOST_DEVICES, "").strip()
+  env = env_without_host_devices(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+                                 JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAX_NUM_PROCESSES="2")
   procs = {}
   for late_before in ("save", "sum"):
     pair_env = dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}")

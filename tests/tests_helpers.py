@@ -1,5 +1,6 @@
 """Small helpers shared by the tests."""
 import functools
+import os
 import pathlib
 
 from ca2st_jax import config_lib
@@ -7,6 +8,14 @@ from ca2st_jax import config_lib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # conftest's simulated mesh; processes that tests launch with devices of their own drop it.
 HOST_DEVICES = '--xla_force_host_platform_device_count=8'
+
+
+def env_without_host_devices(**overrides):
+  """os.environ (with `overrides`) for a process that a test starts with CPU devices of its own:
+  conftest's 8 simulated devices out of XLA_FLAGS."""
+  env = dict(os.environ, **overrides)
+  env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(HOST_DEVICES, '').strip()
+  return env
 
 
 def forget_gs_clients():
